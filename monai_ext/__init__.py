@@ -15,4 +15,8 @@ Data flows one way: wsi (slides -> patch features) -> data (cohorts, modalities)
 -> engines -> bundles. Lower layers never import higher ones.
 """
 
+from monai_ext._quiet import preload_quietly
+
 __version__ = "0.1.0"
+
+preload_quietly()

@@ -9,4 +9,4 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Whole-slide images: opening and validation, tissue detection, patch grids, batched reading, encoders, feature store."""
+"""Whole-slide images: validation and opening, tissue, patch grids, batched reading, encoders, feature store."""

@@ -1,0 +1,49 @@
+# Copyright (c) monai_ext contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Silence the native-library banner that nvImageCodec prints when it loads on a machine without CUDA.
+
+MONAI imports ``nvidia.nvimgcodec`` when it is installed (cuCIM pulls it in), and that library writes
+"Failed to load nvjpeg library!" lines straight to file descriptor 2 on CPU-only machines. They are noise for
+our users, so the package pre-imports it once with the descriptor pointed at ``/dev/null``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at ``/dev/null`` for the duration of the block (catches C-level prints too)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def preload_quietly(module_names: tuple[str, ...] = ("nvidia.nvimgcodec",)) -> None:
+    """Import the named modules with native stderr silenced; a module that is not installed is skipped."""
+    for name in module_names:
+        if name in sys.modules:
+            continue
+        with native_stderr_silenced(), contextlib.suppress(ImportError):
+            importlib.import_module(name)

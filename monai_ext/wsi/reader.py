@@ -1,0 +1,163 @@
+# Copyright (c) monai_ext contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Batched patch reading for a torch ``DataLoader``, with broken-tile detection.
+
+cuCIM's batched ``read_region`` (a list of locations, its own decoder threads) produces the patches; the dataset
+turns them into channel-first tensors, resizes them when the pyramid level is finer than the target, and applies
+an optional MONAI dictionary transform. On a JPEG tile it cannot decode, cuCIM prints an error and returns zeros:
+such a patch must never reach the encoder as a black image. Every tile-sized block of every patch is checked; a
+patch with an all-zero block is dropped and reported in ``broken_coords``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from monai_ext.wsi.grid import PatchGrid
+from monai_ext.wsi.open import open_slide
+
+SAMPLE_STRIDE = 8
+
+
+def broken_patch_mask(batch: np.ndarray, origins: np.ndarray, tile_size: tuple[int, int]) -> np.ndarray:
+    """Which patches contain a tile-sized block that is entirely zero (the signature of an undecodable tile).
+
+    Args:
+        batch: uint8 ``[B, H, W, C]`` patches as read.
+        origins: int ``[B, 2]`` (x, y) of each patch in pixels of the level it was read from.
+        tile_size: (width, height) of the file's tiles at that level; (0, 0) checks the whole patch instead.
+
+    Returns:
+        bool ``[B]``, True for a broken patch.
+    """
+    n, height, width = batch.shape[:3]
+    tile_w, tile_h = tile_size if tile_size[0] and tile_size[1] else (width, height)
+    # Cheap prefilter on a sparse pixel sample: a block can only be all zero if its sampled pixels are.
+    sampled_nonzero = batch[:, ::SAMPLE_STRIDE, ::SAMPLE_STRIDE].any(axis=-1)
+    broken = np.zeros(n, dtype=bool)
+    for index in range(n):
+        rows = _block_edges(int(origins[index, 1]), height, tile_h)
+        cols = _block_edges(int(origins[index, 0]), width, tile_w)
+        broken[index] = any(
+            _all_zero(batch[index], sampled_nonzero[index], top, bottom, left, right)
+            for top, bottom in itertools.pairwise(rows)
+            for left, right in itertools.pairwise(cols)
+        )
+    return broken
+
+
+def _block_edges(origin: int, length: int, tile: int) -> list[int]:
+    """Patch-local edges of the tile blocks of a patch starting at ``origin`` and ``length`` pixels long."""
+    first = (tile - origin % tile) % tile or tile
+    return [0, *range(first, length, tile), length]
+
+
+def _all_zero(patch: np.ndarray, sampled_nonzero: np.ndarray, top: int, bottom: int, left: int, right: int) -> bool:
+    """Whether ``patch[top:bottom, left:right]`` is entirely zero, checking the sparse sample first."""
+    step = SAMPLE_STRIDE
+    sample = sampled_nonzero[-(-top // step) : -(-bottom // step), -(-left // step) : -(-right // step)]
+    return not sample.any() and not patch[top:bottom, left:right].any()
+
+
+class PatchDataset(IterableDataset):
+    """Yields batches of patches of one slide, in grid order.
+
+    Each item is a dict: ``image`` uint8 ``[b, 3, P, P]``, ``coords`` int64 ``[b, 2]`` (level-0 x, y of the kept
+    patches), ``broken_coords`` int64 ``[k, 2]`` (patches dropped because a tile failed to decode), ``index`` int64
+    ``[b]`` (positions in the grid). With ``DataLoader`` workers, batches are dealt round-robin to the workers,
+    so the loader's output order is the grid order.
+
+    Args:
+        slide_path: the slide (reopened inside each worker: reader handles are not shared across processes).
+        grid: where to read.
+        mpp: manifest pixel spacing forwarded to :func:`open_slide`, if any.
+        batch_size: patches per batch (one cuCIM batched read).
+        num_threads: cuCIM decoder threads per read.
+        transform: optional MONAI dictionary transform applied to each batch dict.
+    """
+
+    def __init__(
+        self,
+        slide_path: str | Path,
+        grid: PatchGrid,
+        *,
+        mpp: float | None = None,
+        batch_size: int = 64,
+        num_threads: int = 2,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.slide_path = Path(slide_path)
+        self.grid = grid
+        self.mpp = mpp
+        self.batch_size = batch_size
+        self.num_threads = num_threads
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return -(-len(self.grid) // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        worker = get_worker_info()
+        worker_id, n_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        batch_ids = list(range(worker_id, len(self), n_workers))
+        if not batch_ids:
+            return
+        grid = self.grid
+        with open_slide(self.slide_path, mpp=self.mpp) as slide:
+            downsample = slide.info.level_downsamples[grid.level]
+            tile_size = slide.info.tile_sizes[grid.level]
+            for batch_id in batch_ids:
+                start = batch_id * self.batch_size
+                index = np.arange(start, min(start + self.batch_size, len(grid)))
+                coords = grid.coords[index]
+                (patches,) = slide.read_regions(
+                    [tuple(c) for c in coords],
+                    grid.level,
+                    (grid.read_size,) * 2,
+                    batch_size=len(index),
+                    num_workers=self.num_threads,
+                )
+                origins = np.round(coords / downsample).astype(np.int64)
+                broken = broken_patch_mask(patches, origins, tile_size)
+                yield self._to_item(patches[~broken], coords[~broken], coords[broken], index[~broken])
+
+    def _to_item(
+        self, patches: np.ndarray, coords: np.ndarray, broken: np.ndarray, index: np.ndarray
+    ) -> dict[str, torch.Tensor]:
+        images = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2)
+        if self.grid.read_size != self.grid.patch_size and len(images):
+            size = (self.grid.patch_size, self.grid.patch_size)
+            images = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+            images = images.round_().clamp_(0, 255).to(torch.uint8)
+        item = {
+            "image": images.contiguous(),
+            "coords": torch.from_numpy(coords),
+            "broken_coords": torch.from_numpy(broken),
+            "index": torch.from_numpy(index),
+        }
+        return self.transform(item) if self.transform is not None else item
+
+
+def patch_loader(dataset: PatchDataset, *, num_workers: int = 0) -> DataLoader:
+    """A ``DataLoader`` over a :class:`PatchDataset` (the dataset already batches, so ``batch_size=None``)."""
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=False)
