@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,12 @@ def read_features(path: str | Path, *, encoder: str | None = None, feature_dim: 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: feature file not found")
     if path.suffix == ".pt":
-        tensor = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            tensor = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise FeatureFileError(
+                f"{path}: not a plain tensor file (refused to unpickle code or corrupt): {err}"
+            ) from err
         if isinstance(tensor, dict) and "features" in tensor:
             tensor = tensor["features"]
         if not isinstance(tensor, torch.Tensor):
