@@ -18,12 +18,19 @@ pixel coordinates of the top-left corner, sizes are in pixels of the requested l
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from monai.utils import optional_import
+
+# cuCIM reads its configuration once, when it loads, from $CUCIM_CONFIG_PATH: point it at ours (a per-process
+# tile cache, which speeds up unaligned reads ~3x) unless the user chose a file. The Python `CuImage.cache()` call
+# had no effect in cuCIM 26.10.
+CUCIM_CONFIG = Path(__file__).resolve().parents[1] / "resources" / "cucim.json"
+os.environ.setdefault("CUCIM_CONFIG_PATH", str(CUCIM_CONFIG))
 
 CuImage, has_cucim = optional_import("cucim", name="CuImage")
 openslide, has_openslide = optional_import("openslide")
