@@ -27,8 +27,9 @@ def make_time_bins(times: np.ndarray, events: np.ndarray, n_bins: int = 4) -> np
 
     The inner edges are the ``k / n_bins`` quantiles (linear interpolation, as ``pandas.qcut``) of the times of
     patients whose event was observed; the first edge is 0 and the last ``+inf``, so every positive time falls in
-    a bin. Bins are half-open, ``[edges[k], edges[k + 1])``. Chen et al., MCAT, ICCV 2021
-    (https://arxiv.org/abs/2109.09520); Zadeh & Schmid, TPAMI 2021 (https://arxiv.org/abs/1909.02347).
+    a bin. Bins are half-open, ``[edges[k], edges[k + 1])``. Chen et al., MCAT, ICCV 2021:
+    https://openaccess.thecvf.com/content/ICCV2021/html/Chen_Multimodal_Co-Attention_Transformer_for_Survival_Prediction_in_Gigapixel_Whole_Slide_ICCV_2021_paper.html;
+    Zadeh & Schmid, TPAMI 2021 (https://ieeexplore.ieee.org/document/9028113).
 
     Args:
         times: ``[N]`` survival times (months), one per patient of the training fold, all > 0.

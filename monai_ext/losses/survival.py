@@ -69,8 +69,9 @@ class DiscreteTimeNLLLoss(nn.Module):
 
     For a patient in bin ``y``: uncensored ``-log S(y - 1) - log h(y)``, censored ``-log S(y)``, and
     ``loss = (1 - alpha) * (censored + uncensored) + alpha * uncensored`` as in MCAT. Zadeh & Schmid, "Bias in
-    cross-entropy-based training of deep survival networks", TPAMI 2021 (https://arxiv.org/abs/1909.02347);
-    Chen et al., MCAT, ICCV 2021 (https://arxiv.org/abs/2109.09520).
+    cross-entropy-based training of deep survival networks", TPAMI 2021 (https://ieeexplore.ieee.org/document/9028113);
+    Chen et al., MCAT, ICCV 2021:
+    https://openaccess.thecvf.com/content/ICCV2021/html/Chen_Multimodal_Co-Attention_Transformer_for_Survival_Prediction_in_Gigapixel_Whole_Slide_ICCV_2021_paper.html
 
     Args:
         alpha: extra weight on uncensored patients, in [0, 1].
@@ -109,8 +110,8 @@ class CrossEntropySurvivalLoss(nn.Module):
     For a patient in bin ``y``: ``ce = -(1 - event) log S(y) - event log(1 - S(y))`` and ``reg`` the uncensored
     NLL term ``-event (log S(y - 1) + log h(y))``; ``loss = (1 - alpha) * ce + alpha * reg``. Unlike MCAT's code,
     ``1 - S(y)`` (not ``S(y)``) is clamped at ``eps``, so ``S(y) = 1`` gives ``-log(eps)`` instead of infinity.
-    Chen et al., MCAT, ICCV 2021 (https://arxiv.org/abs/2109.09520); Zadeh & Schmid, TPAMI 2021
-    (https://arxiv.org/abs/1909.02347).
+    Zadeh & Schmid, TPAMI 2021 (https://ieeexplore.ieee.org/document/9028113); Chen et al., MCAT, ICCV 2021:
+    https://openaccess.thecvf.com/content/ICCV2021/html/Chen_Multimodal_Co-Attention_Transformer_for_Survival_Prediction_in_Gigapixel_Whole_Slide_ICCV_2021_paper.html
 
     Args:
         alpha: weight of the uncensored NLL term, in [0, 1] (MCAT's default 0.15).

@@ -42,8 +42,8 @@ _CHUNK_ELEMENTS = 4_000_000  # pairwise comparisons held in memory at once
 def survival_from_hazards(hazards: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Survival curve of a discrete-time hazard model, ``S(k) = prod_{l<=k} (1 - h(l))``.
 
-    See Zadeh & Schmid, "Bias in cross-entropy-based training of deep survival networks", TPAMI 2021
-    (https://arxiv.org/abs/1909.02347) and MCAT (https://arxiv.org/abs/2109.09520).
+    Zadeh & Schmid, "Bias in cross-entropy-based training of deep survival networks", TPAMI 2021:
+    https://ieeexplore.ieee.org/document/9028113
 
     Args:
         hazards: ``[N, T]`` per-bin hazards in [0, 1] (``sigmoid`` of the model's logits), NumPy or torch.
@@ -60,7 +60,8 @@ def risk_from_hazards(hazards: np.ndarray | torch.Tensor) -> np.ndarray | torch.
     """Scalar risk from discrete-time hazards, MCAT's convention ``risk = -sum_k S(k)``.
 
     The risk is minus the area under the predicted survival curve (in bins), so a higher risk means an earlier
-    event, as ``concordance_index`` expects. See MCAT (Chen et al., ICCV 2021, https://arxiv.org/abs/2109.09520).
+    event, as ``concordance_index`` expects. Chen et al., MCAT, ICCV 2021:
+    https://openaccess.thecvf.com/content/ICCV2021/html/Chen_Multimodal_Co-Attention_Transformer_for_Survival_Prediction_in_Gigapixel_Whole_Slide_ICCV_2021_paper.html
 
     Args:
         hazards: ``[N, T]`` per-bin hazards in [0, 1], NumPy or torch.
