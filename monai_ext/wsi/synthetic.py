@@ -276,7 +276,8 @@ def _layout(
         rx_min, ry_min = rx_t / fit, ry_t / fit
     rx = min(max(rng.uniform(0.22, 0.40) * width, rx_min), rx_max)
     ry = min(max(rng.uniform(0.17, 0.28) * height, ry_min), ry_max)
-    cx = rng.uniform(margin - rx * hu0, width - margin - rx * hu1)
+    low = margin - rx * hu0
+    cx = low + rng.random() * max(width - margin - rx * hu1 - low, 0.0)  # the range is 0 when rx == rx_max
     cy = margin - ry * hv0 if rng.random() < 0.5 else height - margin - ry * hv1
     host = _Blob(cx, cy, rx, ry, host_amp, host_phase)
     if tumor != "negative":
@@ -370,8 +371,10 @@ def _paint(
         for gx in range(x0 // t * t, x1, t):
             ay, ax, by, bx = max(gy, y0), max(gx, x0), min(gy + t, y1), min(gx + t, x1)
             sub = mask[ay - y0 : by - y0, ax - x0 : bx - x0]
-            if sub.any():
-                texture = variants[choice[gy // t, gx // t]][ay - gy : by - gy, ax - gx : bx - gx]
+            texture = variants[choice[gy // t, gx // t]][ay - gy : by - gy, ax - gx : bx - gx]
+            if sub.all():
+                canvas[ay:by, ax:bx] = texture
+            elif sub.any():
                 np.copyto(canvas[ay:by, ax:bx], texture, where=sub[..., None])
 
 
