@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 
 
@@ -47,3 +48,30 @@ def preload_quietly(module_names: tuple[str, ...] = ("nvidia.nvimgcodec",)) -> N
             continue
         with native_stderr_silenced(), contextlib.suppress(ImportError):
             importlib.import_module(name)
+
+
+@contextlib.contextmanager
+def native_output_captured() -> Iterator[list[str]]:
+    """Capture what native code writes to file descriptors 1 and 2 during the block.
+
+    Yields a list that holds the captured text once the block ends. Used around cuCIM reads: its JPEG decoder
+    reports a broken tile only by printing, and the print is both noise for the user and the signal we need.
+    """
+    captured: list[str] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield captured
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.seek(0)
+            captured.append(sink.read().decode(errors="replace"))

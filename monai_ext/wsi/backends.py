@@ -61,6 +61,7 @@ class SlideInfo:
         tile_sizes: (width, height) of the encoded tiles of each level; (0, 0) when unknown or not tiled.
         mpp: micrometers per pixel at level 0.
         mpp_source: ``"file"`` or ``"manifest"``.
+        tiff_pages: TIFF page index of each level when the file is a TIFF read by cuCIM, else empty.
     """
 
     path: Path
@@ -70,6 +71,7 @@ class SlideInfo:
     tile_sizes: tuple[tuple[int, int], ...]
     mpp: float
     mpp_source: str
+    tiff_pages: tuple[int, ...] = ()
 
     @property
     def n_levels(self) -> int:

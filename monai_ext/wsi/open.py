@@ -148,8 +148,10 @@ def _describe(
                 "(truncated or malformed pyramid)",
             )
         tiles = tuple(level.tile for level in layout.levels)
+        pages = tuple(level.page for level in layout.levels)
     else:
         tiles = tuple(backend.tile_size(level) for level in range(len(dimensions)))
+        pages = ()
     mpp, source = _resolve_mpp(path, backend.declared_mpp(), manifest_mpp)
     if not mpp_range[0] <= mpp <= mpp_range[1]:
         raise ImplausibleMPPError(
@@ -165,6 +167,7 @@ def _describe(
         tile_sizes=tiles,
         mpp=mpp,
         mpp_source=source,
+        tiff_pages=pages,
     )
 
 

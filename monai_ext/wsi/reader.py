@@ -13,13 +13,15 @@
 
 cuCIM's batched ``read_region`` (a list of locations, its own decoder threads) produces the patches; the dataset
 turns them into channel-first tensors, resizes them when the pyramid level is finer than the target, and applies
-an optional MONAI dictionary transform. On a JPEG tile it cannot decode, cuCIM prints an error and returns zeros:
-such a patch must never reach the encoder as a black image. Every tile-sized block of every patch is checked; a
-patch with an all-zero block is dropped and reported in ``broken_coords``.
+an optional MONAI dictionary transform. A broken tile must never become a patch: cuCIM prints a decoder error and
+returns whatever its buffer holds (zeros or stale pixels). Patches touching a tile that is structurally broken
+(:class:`~monai_ext.wsi.tile_check.TileChecker`), that fails an independent decode after the decoder complained,
+or that came back with an all-zero tile-sized block are dropped and reported in ``broken_coords``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from monai_ext._quiet import native_output_captured
 from monai_ext.wsi.grid import PatchGrid
-from monai_ext.wsi.open import open_slide
+from monai_ext.wsi.open import Slide, open_slide
+from monai_ext.wsi.tile_check import TileChecker
 
 SAMPLE_STRIDE = 8
 
@@ -124,22 +128,51 @@ class PatchDataset(IterableDataset):
             return
         grid = self.grid
         with open_slide(self.slide_path, mpp=self.mpp) as slide:
-            downsample = slide.info.level_downsamples[grid.level]
-            tile_size = slide.info.tile_sizes[grid.level]
-            for batch_id in batch_ids:
-                start = batch_id * self.batch_size
-                index = np.arange(start, min(start + self.batch_size, len(grid)))
-                coords = grid.coords[index]
+            info = slide.info
+            downsample = info.level_downsamples[grid.level]
+            checker = TileChecker(self.slide_path, info.tiff_pages[grid.level]) if info.tiff_pages else None
+            with checker or contextlib.nullcontext():
+                for batch_id in batch_ids:
+                    start = batch_id * self.batch_size
+                    index = np.arange(start, min(start + self.batch_size, len(grid)))
+                    yield self._read_batch(slide, checker, index, downsample, info.tile_sizes[grid.level])
+
+    def _read_batch(
+        self,
+        slide: Slide,
+        checker: TileChecker | None,
+        index: np.ndarray,
+        downsample: float,
+        tile_size: tuple[int, int],
+    ) -> dict[str, torch.Tensor]:
+        """Read one batch, dropping every patch that touches a tile that is broken or failed to decode."""
+        grid = self.grid
+        coords = grid.coords[index]
+        origins = np.round(coords / downsample).astype(np.int64)
+        good = np.ones(len(index), dtype=bool)
+        tiles: list[list[int]] = []
+        if checker is not None:
+            tiles = [checker.tiles_of(int(x), int(y), grid.read_size) for x, y in origins]
+            bad_tiles = checker.structurally_broken({tile for patch in tiles for tile in patch})
+            good &= np.array([not bad_tiles.intersection(patch) for patch in tiles], dtype=bool)
+        patches = np.zeros((0, grid.read_size, grid.read_size, 3), np.uint8)
+        if good.any():
+            with native_output_captured() as decoder_output:
                 (patches,) = slide.read_regions(
-                    [tuple(c) for c in coords],
+                    [tuple(c) for c in coords[good]],
                     grid.level,
                     (grid.read_size,) * 2,
-                    batch_size=len(index),
+                    batch_size=int(good.sum()),
                     num_workers=self.num_threads,
                 )
-                origins = np.round(coords / downsample).astype(np.int64)
-                broken = broken_patch_mask(patches, origins, tile_size)
-                yield self._to_item(patches[~broken], coords[~broken], coords[broken], index[~broken])
+            readable = ~broken_patch_mask(patches, origins[good], tile_size)
+            if checker is not None and decoder_output[0].strip():
+                kept_tiles = [tiles[i] for i in np.flatnonzero(good)]
+                failing = checker.decode_broken({tile for patch in kept_tiles for tile in patch})
+                readable &= np.array([not failing.intersection(patch) for patch in kept_tiles], dtype=bool)
+            patches = patches[readable]
+            good[np.flatnonzero(good)[~readable]] = False
+        return self._to_item(patches, coords[good], coords[~good], index[good])
 
     def _to_item(
         self, patches: np.ndarray, coords: np.ndarray, broken: np.ndarray, index: np.ndarray

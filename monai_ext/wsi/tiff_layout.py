@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,8 @@ def inspect_tiff(path: Path, *, max_pixels: int) -> TiffLayout:
     try:
         with _tifffile_warnings() as warnings, tifffile.TiffFile(path) as tif:
             pages = list(tif.pages)
+            if not pages:
+                raise CorruptSlideError(path, "TIFF header without any image page (empty or truncated file)")
             first = pages[0]
             levels: list[TiffLevel] = []
             for page in pages:
@@ -93,7 +96,7 @@ def inspect_tiff(path: Path, *, max_pixels: int) -> TiffLayout:
                 _check_page(path, page, len(levels), width, height, file_size, max_pixels)
                 tile = (int(page.tilewidth), int(page.tilelength)) if page.is_tiled else (0, 0)
                 levels.append(TiffLevel(page=page.index, size=(width, height), tile=tile, compression=page.compression))
-    except tifffile.TiffFileError as err:
+    except (tifffile.TiffFileError, struct.error, ValueError, IndexError) as err:
         raise CorruptSlideError(path, f"unreadable TIFF structure ({err})") from err
     if any("invalid page offset" in message for message in warnings):
         raise CorruptSlideError(path, "truncated: a page directory points past the end of the file (incomplete copy?)")
