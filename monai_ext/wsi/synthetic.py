@@ -378,7 +378,9 @@ def _paint(
                 np.copyto(canvas[ay:by, ax:bx], texture, where=sub[..., None])
 
 
-def _check_slide_args(size: tuple[int, int], tumor: str, mpp: float, tile_size: int, n_levels: int) -> None:
+def _check_slide_args(
+    size: tuple[int, int], tumor: str, mpp: float, tile_size: int, n_levels: int, jpeg_quality: int
+) -> None:
     """Raise ValueError naming the bad argument of :func:`write_demo_slide`."""
     if tumor not in TUMOR_CLASSES:
         raise ValueError(f"tumor={tumor!r} is not one of {TUMOR_CLASSES}")
@@ -388,8 +390,10 @@ def _check_slide_args(size: tuple[int, int], tumor: str, mpp: float, tile_size: 
         raise ValueError(f"tile_size must be a multiple of 16 (JPEG with 2x2 chroma subsampling), got {tile_size}")
     if n_levels < 1:
         raise ValueError(f"n_levels must be at least 1, got {n_levels}")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be between 1 and 100, got {jpeg_quality}")
     unit = max(MASK_DOWNSAMPLE, LEVEL_DOWNSAMPLE ** (n_levels - 1))
-    if len(size) != 2 or min(size) < 8 * unit or size[0] % unit or size[1] % unit:
+    if min(size) < 8 * unit or size[0] % unit or size[1] % unit:
         raise ValueError(
             f"size={size} must be (width, height), both multiples of {unit} and at least {8 * unit} "
             f"(so {n_levels} levels shrink exactly by {LEVEL_DOWNSAMPLE} and the tissue mask by {MASK_DOWNSAMPLE})"
@@ -456,7 +460,7 @@ def write_demo_slide(
         ValueError: an argument out of range (the message names it).
     """
     size = (int(size[0]), int(size[1]))
-    _check_slide_args(size, tumor, mpp, tile_size, n_levels)
+    _check_slide_args(size, tumor, mpp, tile_size, n_levels, jpeg_quality)
     width, height = size
     rng = np.random.default_rng(seed)
     pieces, tumor_blob, scale = _layout(rng, width, height, mpp, tumor)
@@ -513,8 +517,10 @@ def corrupt_tile(path: str | Path, *, level: int, x: int, y: int) -> int:
     """Overwrite with zeros, in place, the JPEG bytes of the tile that holds pixel ``(x, y)`` of page ``level``.
 
     Builds the "JPEG tile zeroed inside tissue" defect of the acceptance tests. In the slides written here each
-    pyramid level is its own page, so ``level`` is a page index. cuCIM 26.10 then returns an all-zero block for
-    that tile (and prints a decoder error to stderr) instead of raising.
+    pyramid level is its own page, so ``level`` is a page index. cuCIM 26.10 does not raise on such a tile: it
+    prints a libjpeg error ("Not a JPEG file") on stdout and returns whatever its buffer held for the tile, zeros
+    on a first single-tile read in a fresh process but stale pixels of other tiles in batched or multi-tile reads.
+    Only a check of the tile bytes (tifffile/imagecodecs raise ``Jpeg8Error``) detects it reliably.
 
     Args:
         path: a tiled TIFF.

@@ -113,6 +113,16 @@ def test_cucim_sees_all_levels_and_right_pixels(slides, cucim):
     np.testing.assert_array_equal(region, level0[y : y + 200, x : x + 300])
 
 
+def test_openslide_reads_the_same_pixels(slides):
+    openslide = pytest.importorskip("openslide")
+    truth = slides["itc"]
+    with openslide.OpenSlide(str(truth.path)) as slide:
+        assert slide.level_downsamples == pytest.approx(truth.level_downsamples)
+        for level, (w, h) in enumerate(slide.level_dimensions):
+            rgba = np.asarray(slide.read_region((0, 0), level, (w, h)))
+            np.testing.assert_array_equal(rgba[..., :3], tifffile.imread(truth.path, key=level))
+
+
 @pytest.mark.parametrize("mpp", [0.25, 0.5, 2.0])
 def test_spacing_reads_back_as_mpp(tmp_path, cucim, mpp):
     truth = write_demo_slide(tmp_path / "s.tif", seed=0, size=TINY, mpp=mpp, n_levels=2)
@@ -298,6 +308,7 @@ def test_benchmark_slide_streams_a_consistent_pyramid(tmp_path, cucim):
         ({"tile_size": 200}, "multiple of 16"),
         ({"n_levels": 0}, "n_levels"),
         ({"mpp": 0.0}, "mpp"),
+        ({"jpeg_quality": 0}, "jpeg_quality"),
     ],
 )
 def test_ill_arg_demo_slide(tmp_path, kwargs, match):
