@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,11 +121,13 @@ def patient_kfold(
     case_ids = patients.index.to_numpy(dtype=str)
     strata = _strata(patients, stratify_by, n_folds, n_time_bins)
     if strata is None:
-        splitter = KFold(n_folds, shuffle=True, random_state=seed).split(case_ids)
+        splits = list(KFold(n_folds, shuffle=True, random_state=seed).split(case_ids))
     else:
-        splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(case_ids, strata)
+        with warnings.catch_warnings():  # rare classes are logged by _strata with their names
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            splits = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(case_ids, strata))
     folds = []
-    for k, (train_rows, test_rows) in enumerate(splitter):
+    for k, (train_rows, test_rows) in enumerate(splits):
         train, val = train_rows, np.zeros(0, dtype=int)
         if val_fraction > 0:
             train, val = _inner_split(
@@ -166,7 +169,14 @@ def _strata(patients: pd.DataFrame, stratify_by: str | None, n_folds: int, n_tim
         values = patients[stratify_by]
         if values.isna().any():
             raise ValueError(f"{stratify_by} is missing for patient(s) {values.index[values.isna()].tolist()[:10]}")
-        return values.astype(str).to_numpy()
+        strata = values.astype(str).to_numpy()
+        labels, counts = np.unique(strata, return_counts=True)
+        rare = {str(label): int(count) for label, count in zip(labels, counts, strict=True) if count < n_folds}
+        if rare:
+            logger.warning(
+                "%s values with fewer than %d patients are missing from some folds: %s", stratify_by, n_folds, rare
+            )
+        return strata
     time = patients["survival_months"].to_numpy(dtype=float)
     event = patients["event"].to_numpy()
     if not set(np.unique(event)) <= {0, 1}:
@@ -246,7 +256,7 @@ def check_no_leakage(folds: Sequence[Fold], slide_table: pd.DataFrame | None = N
     """
     problems = []
     for k, fold in enumerate(folds):
-        parts = {name: set(ids) for name, ids in fold.parts().items()}
+        parts = {name: {str(case) for case in ids} for name, ids in fold.parts().items()}
         for i, first in enumerate(PARTS):
             for second in PARTS[i + 1 :]:
                 shared = sorted(parts[first] & parts[second])
@@ -270,7 +280,7 @@ def _slide_problems(folds: Sequence[Fold], slide_table: pd.DataFrame) -> list[st
     problems = [f"slide {slide} listed under several patients {cases}" for slide, cases in shared.items()]
     known = set(table["case_id"])
     for k, fold in enumerate(folds):
-        part_of = {case: name for name, ids in fold.parts().items() for case in ids}
+        part_of = {str(case): name for name, ids in fold.parts().items() for case in ids}
         for slide, cases in shared.items():
             names = sorted({part_of[case] for case in cases if case in part_of})
             if len(names) > 1:
