@@ -158,7 +158,7 @@ class CuCIMBackend(SlideBackend):
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         region = self._image.read_region((int(location[0]), int(location[1])), (int(size[0]), int(size[1])), level)
-        return np.asarray(region)[..., :3]
+        return np.array(np.asarray(region)[..., :3], copy=True)
 
     def read_regions(
         self,
@@ -177,7 +177,8 @@ class CuCIMBackend(SlideBackend):
             location_list, (int(size[0]), int(size[1])), level, num_workers=num_workers, batch_size=batch_size
         )
         for batch in batches:
-            array = np.asarray(batch)[..., :3]
+            # Copy: the batch's memory belongs to cuCIM and is released when the iterator moves on.
+            array = np.array(np.asarray(batch)[..., :3], copy=True)
             yield array if array.ndim == 4 else array[None]
 
     def close(self) -> None:
