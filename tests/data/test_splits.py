@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from monai_ext.data.cohort import Cohort
 from monai_ext.data.splits import (
     Fold,
     LeakageError,
@@ -63,6 +64,16 @@ def test_patient_partition(n_folds, stratify_by):
     _assert_partition(folds, set(slides["case_id"]))
     check_no_leakage(folds, slides)
     assert all(len(fold.val) == 0 for fold in folds)
+
+
+def test_cohort_input(tmp_path):
+    slides = _slides(30).assign(features_path=lambda t: "features/" + t["slide_id"] + ".h5")
+    cohort = Cohort(slides, task="survival", data_root=tmp_path, allow_columns=["label"], require_features=False)
+    from_cohort = patient_kfold(cohort, 3, stratify_by="survival", seed=4)
+    from_table = patient_kfold(slides, 3, stratify_by="survival", seed=4)
+    for a, b in zip(from_cohort, from_table, strict=True):
+        np.testing.assert_array_equal(a.test, b.test)
+    _assert_partition(from_cohort, set(cohort.patients))
 
 
 def test_label_stratification():
