@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -82,7 +82,7 @@ class EncoderSpec:
     ignore_prefixes: tuple[str, ...] = ()
     paper: str = ""
     source: str = ""
-    notes: str = field(default="", compare=False)
+    notes: str = ""
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
