@@ -23,7 +23,7 @@ __all__ = ["ClassificationHead", "CoxHead", "DiscreteHazardHead", "ModalityDropo
 
 def _check_embedding(x: Tensor, in_dim: int, head: str) -> None:
     if x.ndim != 2 or x.shape[1] != in_dim:
-        raise ValueError(f"{head} expects an embedding [B, {in_dim}], got {tuple(x.shape)}")
+        raise ValueError(f"{head} expects an embedding [B, {in_dim}], got shape {list(x.shape)}")
 
 
 class ClassificationHead(nn.Module):
@@ -48,7 +48,7 @@ class ClassificationHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``x [B, E]`` to logits ``[B, C]``."""
-        _check_embedding(x, self.in_dim, type(self).__name__)
+        _check_embedding(x, self.in_dim, "ClassificationHead")
         return self.linear(self.dropout(x))
 
 
@@ -78,7 +78,7 @@ class DiscreteHazardHead(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Map ``x [B, E]`` to ``{"logits", "hazards", "survival": [B, K], "risk": [B]}``."""
-        _check_embedding(x, self.in_dim, type(self).__name__)
+        _check_embedding(x, self.in_dim, "DiscreteHazardHead")
         logits = self.linear(self.dropout(x))
         # 1 - sigmoid(z) = sigmoid(-z), computed without cancellation for large z
         survival = torch.cumprod(torch.sigmoid(-logits), dim=1)
@@ -107,7 +107,7 @@ class CoxHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``x [B, E]`` to the log-risk ``[B]``."""
-        _check_embedding(x, self.in_dim, type(self).__name__)
+        _check_embedding(x, self.in_dim, "CoxHead")
         return self.linear(self.dropout(x)).squeeze(-1)
 
 

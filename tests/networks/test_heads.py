@@ -14,6 +14,8 @@ Cox shift invariance, and modality dropout statistics."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +80,18 @@ def test_cox_head_linear_without_bias() -> None:
     risk = head(x)
     assert risk.shape == (5,) and head.linear.bias is None
     torch.testing.assert_close(risk, x @ head.linear.weight[0])
+
+
+@pytest.mark.parametrize("head", [ClassificationHead(4, 2), DiscreteHazardHead(4, 3), CoxHead(4)])
+def test_torchscript_round_trip(head: torch.nn.Module) -> None:
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(head), buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    x = torch.randn(3, 4)
+    expected, out = head(x), loaded(x)
+    for key in expected if isinstance(expected, dict) else [None]:
+        torch.testing.assert_close(out[key] if key else out, expected[key] if key else expected)
 
 
 @pytest.mark.parametrize("head", [ClassificationHead(4, 2), DiscreteHazardHead(4, 3), CoxHead(4)])

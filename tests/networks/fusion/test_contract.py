@@ -267,3 +267,19 @@ def test_ill_construction(name: str) -> None:
     if name in ("coattention", "pathway_cross", "bicross"):
         with pytest.raises(ValueError, match="patch_modality"):
             make_fusion(name, modalities=("omics", "text"))
+
+
+@pytest.mark.parametrize("name", sorted(FUSIONS))
+def test_export_with_dynamic_patch_count(name: str) -> None:
+    """``torch.export`` (the deploy path) traces each fusion once and runs bags of another size identically."""
+    fusion = make_fusion(name).eval()
+    tokens, masks = make_batch()
+    tokens["wsi"], masks["wsi"] = torch.randn(3, 20, DIM), torch.rand(3, 20) > 0.3
+    dynamic = {k: ({1: torch.export.Dim.AUTO} if k == "wsi" else None) for k in tokens}
+    exported = torch.export.export(fusion, (tokens, masks), dynamic_shapes={"tokens": dynamic, "masks": dynamic})
+    other_tokens, other_masks = make_batch(seed=5)
+    expected = run_eval(fusion, other_tokens, other_masks)
+    out = exported.module()(other_tokens, other_masks)
+    torch.testing.assert_close(out["embedding"], expected["embedding"], rtol=1e-5, atol=1e-6)
+    for name_m, weights in expected["attention"].items():
+        torch.testing.assert_close(out["attention"][name_m], weights, rtol=1e-5, atol=1e-6)
