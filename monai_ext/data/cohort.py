@@ -202,7 +202,7 @@ class Cohort:
     @property
     def patients(self) -> list[str]:
         """Sorted patient (case) ids."""
-        return list(self._groups)
+        return sorted(self._groups)
 
     @property
     def slide_table(self) -> pd.DataFrame:
@@ -444,8 +444,8 @@ class _Validator:
 
 
 def _clean(table: pd.DataFrame) -> pd.DataFrame:
-    """Copy with string columns stripped and empty strings turned into missing values."""
-    table = table.copy()
+    """Copy with a fresh row index, string columns stripped and empty strings turned into missing values."""
+    table = table.reset_index(drop=True)
     for column in _STRING_COLUMNS:
         if column in table.columns and table[column].dtype == object:
             stripped = table[column].map(lambda value: value.strip() if isinstance(value, str) else value)
