@@ -23,19 +23,14 @@ attributes) are skipped, interrupted ones redone. Spread slides over processes o
 from __future__ import annotations
 
 import logging
-import sys
-from collections import Counter
 from pathlib import Path
 
 import fire
-import torch
-import torch.distributed as dist
-from tqdm import tqdm
+import pandas as pd
 
 import monai_ext  # noqa: F401 - silences native library banners before MONAI loads
-from monai_ext.wsi.batch import distributed_rank, list_slides, shard, write_status_table
-from monai_ext.wsi.encoders import build_encoder
-from monai_ext.wsi.extract import ExtractionConfig, extract_slide
+from monai_ext.wsi.batch import preprocess_slides
+from monai_ext.wsi.extract import ExtractionConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "wsi.json"
 
@@ -71,52 +66,15 @@ def main(
         verbose: debug logging.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    rank, world_size = distributed_rank()
-    run_device = _pick_device(device, rank)
-    if world_size > 1:
-        dist.init_process_group("nccl" if run_device.type == "cuda" else "gloo")
     settings = ExtractionConfig.from_json(config, mpp=mpp, patch_size=patch_size, batch_size=batch_size)
-    model = build_encoder(encoder, weights, seed=seed).to(run_device).eval()
-    jobs = list_slides(slides)
-    mine = shard(jobs, rank, world_size)
-    counts: Counter[str] = Counter()
-    progress = tqdm(
-        mine,
-        desc=f"slides (rank {rank})" if world_size > 1 else "slides",
-        unit="slide",
-        position=rank,
-        file=sys.stderr,
-        dynamic_ncols=True,
+    table = preprocess_slides(
+        slides, out, encoder=encoder, weights=weights, config=settings, device=device, resume=resume, seed=seed
     )
-    for job in progress:
-        progress.set_postfix_str(job.slide_id[:24])
-        result = extract_slide(
-            job.path, out, model, settings, slide_id=job.slide_id, mpp=job.mpp, device=run_device, resume=resume
-        )
-        counts[result.status] += 1
-        if result.status == "failed":
-            tqdm.write(f"failed: {result.reason}", file=sys.stderr)
-        progress.set_postfix(dict(counts))
-    progress.close()
-    if world_size > 1:
-        dist.barrier()
-    if rank == 0:
-        table = write_status_table(out, jobs)
-        _print_summary(table, Path(out))
-    if world_size > 1:
-        dist.destroy_process_group()
+    if table is not None:
+        print_summary(table, Path(out))
 
 
-def _pick_device(device: str, rank: int) -> torch.device:
-    """``auto`` -> this rank's GPU when CUDA is available, else the CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        return torch.device("cuda", rank % max(torch.cuda.device_count(), 1))
-    return torch.device(device)
-
-
-def _print_summary(table, out: Path) -> None:
+def print_summary(table: pd.DataFrame, out: Path) -> None:
     """Counts per status and the status table, readable in a terminal."""
     counts = table["status"].value_counts().to_dict()
     print(f"\n{len(table)} slides: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))

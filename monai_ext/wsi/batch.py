@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
 
-from monai_ext.wsi.extract import SlideOutputs, SlideResult
+from monai_ext.wsi.encoders import build_encoder
+from monai_ext.wsi.extract import ExtractionConfig, SlideOutputs, SlideResult, extract_slide
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".dcm", ".qptiff")
 
@@ -101,4 +107,76 @@ def write_status_table(out_dir: str | Path, jobs: list[SlideJob]) -> pd.DataFram
     tmp = out_dir / "status.csv.tmp"
     table.to_csv(tmp, index=False)
     tmp.replace(out_dir / "status.csv")
+    return table
+
+
+def pick_device(device: str, rank: int) -> torch.device:
+    """``auto`` -> this rank's GPU when CUDA is available, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return torch.device("cuda", rank % max(torch.cuda.device_count(), 1))
+    return torch.device(device)
+
+
+def preprocess_slides(
+    slides: str | Path,
+    out: str | Path,
+    *,
+    encoder: str = "builtin_cnn",
+    weights: str | Path | None = None,
+    config: ExtractionConfig | None = None,
+    device: str = "auto",
+    resume: bool = True,
+    seed: int = 0,
+) -> pd.DataFrame | None:
+    """Extract features from every slide of a folder or manifest, with a progress bar; resumable.
+
+    Under ``torchrun`` each rank takes its share of the slides (gloo on CPU, NCCL on GPUs) and rank 0 writes the
+    status table once all ranks are done.
+
+    Args:
+        slides: folder of slides, or manifest CSV (``slide_path``, optional ``slide_id``, ``mpp``).
+        out: output folder (``features/``, ``qc/``, ``status/``, ``status.csv``).
+        encoder: registered patch encoder name.
+        weights: local weights file (required for all encoders but ``builtin_cnn``).
+        config: extraction parameters (defaults when None).
+        device: ``cpu``, ``cuda`` or ``auto``.
+        resume: skip slides already extracted with the same settings.
+        seed: seed of the built-in encoder.
+
+    Returns:
+        the status table on rank 0, None on other ranks.
+    """
+    config = config or ExtractionConfig()
+    rank, world_size = distributed_rank()
+    run_device = pick_device(device, rank)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if run_device.type == "cuda" else "gloo")
+    model = build_encoder(encoder, weights, seed=seed).to(run_device).eval()
+    jobs = list_slides(slides)
+    counts: Counter[str] = Counter()
+    progress = tqdm(
+        shard(jobs, rank, world_size),
+        desc=f"slides (rank {rank})" if world_size > 1 else "slides",
+        unit="slide",
+        position=rank,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    for job in progress:
+        progress.set_postfix_str(job.slide_id[:24])
+        result = extract_slide(
+            job.path, out, model, config, slide_id=job.slide_id, mpp=job.mpp, device=run_device, resume=resume
+        )
+        counts[result.status] += 1
+        if result.status == "failed":
+            tqdm.write(f"failed: {result.reason}", file=sys.stderr)
+        progress.set_postfix(dict(counts))
+    progress.close()
+    if world_size > 1:
+        dist.barrier()
+    table = write_status_table(out, jobs) if rank == 0 else None
+    if world_size > 1:
+        dist.destroy_process_group()
     return table
