@@ -123,7 +123,9 @@ class CoAttentionFusion(FusionBase):
                 pooled.append(self.missing.fill(name, None, None, batch_size))
                 continue
             if name == self.patch_modality:
-                vector, weights = self._coattend(tokens, masks, batch_size, result)
+                vector, weights, coattention = self._coattend(tokens, masks, batch_size)
+                if coattention is not None:
+                    result["coattention"] = coattention
             else:
                 vector, weights = self._encode(name, tokens[name], masks[name])
             result["attention"][name] = weights
@@ -132,9 +134,13 @@ class CoAttentionFusion(FusionBase):
         return result
 
     def _coattend(
-        self, tokens: dict[str, Tensor], masks: dict[str, Tensor], batch_size: int, result: dict
-    ) -> tuple[Tensor, Tensor]:
-        """Co-attention of the queries over the patches, then the patch branch; returns ``([B, D], [B, N_p])``."""
+        self, tokens: dict[str, Tensor], masks: dict[str, Tensor], batch_size: int
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Co-attention of the queries over the patches, then the patch branch.
+
+        Returns:
+            ``(vector [B, D], patch attention [B, N_p], co-attention [B, N_q, N_p] or None without queries)``.
+        """
         patches, patch_mask = tokens[self.patch_modality], masks[self.patch_modality]
         global_query = self.global_query.expand(batch_size, -1, -1).to(patches.dtype)
         global_mask = torch.ones(batch_size, 1, dtype=torch.bool, device=patches.device)
@@ -149,6 +155,5 @@ class CoAttentionFusion(FusionBase):
         )
         coattention = coattention.masked_fill(~query_mask[..., None], 0.0)  # [B, N_q + 1, N_p]
         vector, query_weights = self._encode(self.patch_modality, coattended, query_mask)
-        if has_queries:
-            result["coattention"] = coattention[:, :-1]
-        return vector, torch.einsum("bq,bqn->bn", query_weights, coattention)
+        patch_attention = torch.einsum("bq,bqn->bn", query_weights, coattention)
+        return vector, patch_attention, coattention[:, :-1] if has_queries else None

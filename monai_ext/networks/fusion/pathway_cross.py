@@ -96,14 +96,13 @@ class PathwayCrossFusion(FusionBase):
             ``(small [B, N_s, D], patches [B, N_p, D] or None, weights [B, N_s, N_s + N_p] or None)``.
         """
         h_small = self.norm1(small)
-        need_weights = self.return_attention and patches is not None
         if patches is None or patch_mask is None:
             update, weights = self.attention(h_small, h_small, small_mask)
         else:
             h_patch = self.norm1(patches)
             context = torch.cat([h_small, h_patch], dim=1)
             context_mask = torch.cat([small_mask, patch_mask], dim=1)
-            update, weights = self.attention(h_small, context, context_mask, need_weights=need_weights)
+            update, weights = self.attention(h_small, context, context_mask, need_weights=self.return_attention)
             patches = patches + self.attention(h_patch, h_small, small_mask)[0]  # no patch -> patch attention
             patches = patches + self.ffn(self.norm2(patches))
         small = small + update
