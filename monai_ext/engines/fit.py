@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 def _loss_value(output: dict) -> float:
     """The scalar training loss from a (not decollated) MONAI trainer output."""
-    return float(output["loss"])
+    return float(output["loss"].detach())
 
 
 @dataclass
