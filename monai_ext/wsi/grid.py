@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from monai_ext.wsi.backends import SlideInfo
@@ -131,8 +132,7 @@ def _box_fractions(mask: np.ndarray, x0: np.ndarray, y0: np.ndarray, side: float
     Uses a summed-area table, so the cost is one pass over the mask plus O(1) per box.
     """
     height, width = mask.shape
-    table = np.zeros((height + 1, width + 1), np.int64)
-    table[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    table = cv2.integral(mask.astype(np.uint8), sdepth=cv2.CV_32S).astype(np.int64)
     left = np.clip(np.floor(x0).astype(np.int64), 0, width)
     top = np.clip(np.floor(y0).astype(np.int64), 0, height)
     right = np.clip(np.maximum(np.ceil(x0 + side).astype(np.int64), left + 1), 0, width)

@@ -23,8 +23,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage
-from skimage import morphology
 
 from monai_ext.wsi.open import Slide
 
@@ -111,22 +109,40 @@ def tissue_mask_from_rgb(image: np.ndarray, mpp: float, config: TissueConfig) ->
     Returns:
         bool ``[h, w]``.
     """
-    saturation = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)[..., 1]
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    saturation = hsv[..., 1]
     kernel = config.median_kernel if config.median_kernel % 2 else config.median_kernel + 1
     if min(image.shape[:2]) >= kernel:
         saturation = cv2.medianBlur(saturation, kernel)
     otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    mask = saturation > max(otsu, config.min_saturation)
-    mask &= image.max(axis=2) > config.max_value_dark
+    mask = (saturation > max(otsu, config.min_saturation)) & (hsv[..., 2] > config.max_value_dark)
+    mask = mask.astype(np.uint8)
     radius = round(config.closing_um / mpp)
     if radius >= 1:
         mask = cv2.morphologyEx(
-            mask.astype(np.uint8), cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
-        ).astype(bool)
+            mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
+        )
     pixel_area = mpp * mpp
-    filled = ndimage.binary_fill_holes(mask)
-    mask |= filled & ~morphology.remove_small_objects(filled & ~mask, max_size=int(config.max_hole_um2 / pixel_area))
-    return morphology.remove_small_objects(mask, max_size=int(config.min_object_um2 / pixel_area))
+    holes = _small_components(1 - mask, max_area=config.max_hole_um2 / pixel_area, keep_border=False)
+    mask |= holes
+    return mask.astype(bool) & ~_small_components(mask, max_area=config.min_object_um2 / pixel_area).astype(bool)
+
+
+def _small_components(binary: np.ndarray, max_area: float, keep_border: bool = True) -> np.ndarray:
+    """uint8 mask of the 8-connected components of ``binary`` with area below ``max_area`` pixels.
+
+    With ``keep_border=False``, components touching the image border are never selected (for holes: the glass
+    around the tissue is not a hole).
+    """
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+    selected = stats[:, cv2.CC_STAT_AREA] < max_area
+    selected[0] = False  # label 0 is the complement of ``binary``
+    if not keep_border:
+        height, width = binary.shape
+        left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+        right, bottom = left + stats[:, cv2.CC_STAT_WIDTH], top + stats[:, cv2.CC_STAT_HEIGHT]
+        selected &= (left > 0) & (top > 0) & (right < width) & (bottom < height)
+    return selected.astype(np.uint8)[labels] if count > 1 else np.zeros_like(binary, dtype=np.uint8)
 
 
 def detect_tissue(slide: Slide, config: TissueConfig | None = None) -> TissueMask:
