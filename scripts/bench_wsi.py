@@ -181,6 +181,38 @@ def _monai_tifffile(slide_path: Path, coords: np.ndarray, timeout: float) -> dic
         return {"seconds": float("inf"), "peak_rss_mb": float("nan")}
 
 
+READERS = {
+    "ours": lambda path, coords, size, threads, batch: _ours(path, coords, size, threads, batch),
+    "cucim_batched": lambda path, coords, size, threads, batch: _raw_cucim_batched(path, coords, size, threads, batch),
+    "cucim_single": lambda path, coords, size, threads, batch: _raw_cucim(path, coords, size),
+    "openslide": lambda path, coords, size, threads, batch: _openslide(path, coords, size),
+}
+
+
+def _measure_in_fresh_process(
+    reader: str, slide_path: Path, locations: Path, size: int, threads: int, batch_size: int
+) -> float:
+    """Patches/s of one reader, measured in a new process so no reader profits from another's tile cache."""
+    command = [
+        sys.executable,
+        __file__,
+        "--measure",
+        reader,
+        "--measure-locations",
+        str(locations),
+        "--size",
+        str(size),
+        "--out",
+        str(slide_path),
+        "--threads",
+        str(threads),
+        "--batch-size",
+        str(batch_size),
+    ]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def _extraction_probe(slide_path: Path, out: Path, config: Path) -> dict:
     done = subprocess.run(
         [sys.executable, "-c", RSS_PROBE, str(slide_path), str(out), str(config)],
@@ -201,6 +233,8 @@ def main(
     n_demo_slides: int = 3,
     monai_timeout: float = 120.0,
     seed: int = 0,
+    measure: str | None = None,
+    measure_locations: str | None = None,
 ) -> None:
     """Run the benchmark and print its tables.
 
@@ -214,7 +248,13 @@ def main(
         n_demo_slides: demo slides for the end-to-end slides/minute figure.
         monai_timeout: seconds allowed for MONAI's tifffile reader to return one patch.
         seed: seed of the slides and locations.
+        measure: internal: measure only this reader (ours, cucim_batched, cucim_single, openslide) on the slide
+            given as ``out`` and the locations in ``measure_locations`` (patch side ``size``), print patches/s.
+        measure_locations: internal: ``.npy`` of level-0 locations for ``measure``.
     """
+    if measure is not None:
+        print(READERS[measure](Path(out), np.load(measure_locations), size, threads, batch_size))
+        return
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     cores = min(threads, len(os.sched_getaffinity(0)))
@@ -239,21 +279,21 @@ def main(
     )
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for name, (coords, patch) in location_sets.items():
+        locations = out_dir / f"locations_{patch}_{name.split()[0]}.npy"
+        np.save(locations, coords)
         limit = _decode_limit(slide_path, coords, patch, cores)
-        ours = _ours(slide_path, coords, patch, threads, batch_size)
-        batched = _raw_cucim_batched(slide_path, coords, patch, threads, batch_size)
-        single = _raw_cucim(slide_path, coords, patch)
-        reference = _openslide(slide_path, coords, patch)
+        rates = {
+            reader: _measure_in_fresh_process(reader, slide_path, locations, patch, threads, batch_size)
+            for reader in ("ours", "cucim_batched", "cucim_single", "openslide")
+        }
+        ours = rates["ours"]
         cells = [
             name,
             f"{limit:,.0f}",
-            f"{ours:,.0f}",
-            f"{batched:,.0f}",
-            f"{single:,.0f}",
-            f"{reference:,.0f}",
+            *(f"{rates[r]:,.0f}" for r in ("ours", "cucim_batched", "cucim_single", "openslide")),
             f"{ours / limit:.0%}",
-            f"{ours / single:.2f}x",
-            f"{ours / reference:.2f}x",
+            f"{ours / rates['cucim_single']:.2f}x",
+            f"{ours / rates['openslide']:.2f}x",
         ]
         print("| " + " | ".join(cells) + " |")
 

@@ -183,7 +183,7 @@ class PatchDataset(IterableDataset):
             images = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
             images = images.round_().clamp_(0, 255).to(torch.uint8)
         item = {
-            "image": images.contiguous(),
+            "image": images,
             "coords": torch.from_numpy(coords),
             "broken_coords": torch.from_numpy(broken),
             "index": torch.from_numpy(index),
