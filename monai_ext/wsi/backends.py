@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from monai.utils import optional_import
 
-# cuCIM reads its configuration once, when it loads, from $CUCIM_CONFIG_PATH: point it at ours (a per-process
+# cuCIM reads its configuration once, when it loads, from $CUCIM_CONFIG_PATH: point it at ours (a 128 MB per-process
 # tile cache, which speeds up unaligned reads ~3x) unless the user chose a file. The Python `CuImage.cache()` call
 # had no effect in cuCIM 26.10.
 CUCIM_CONFIG = Path(__file__).resolve().parents[1] / "resources" / "cucim.json"
