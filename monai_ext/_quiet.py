@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import IO
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -50,14 +54,28 @@ def preload_quietly(module_names: tuple[str, ...] = ("nvidia.nvimgcodec",)) -> N
             importlib.import_module(name)
 
 
-@contextlib.contextmanager
-def native_output_captured() -> Iterator[list[str]]:
-    """Capture what native code writes to file descriptors 1 and 2 during the block.
+class NativeOutputWatch:
+    """Text written to file descriptors 1 and 2 while :func:`native_output_watch` is active."""
 
-    Yields a list that holds the captured text once the block ends. Used around cuCIM reads: its JPEG decoder
-    reports a broken tile only by printing, and the print is both noise for the user and the signal we need.
+    def __init__(self, sink: IO[bytes]) -> None:
+        self._sink = sink
+        self._offset = 0
+
+    def new_text(self) -> str:
+        """What was written since the previous call."""
+        self._sink.seek(self._offset)
+        data = self._sink.read()
+        self._offset += len(data)
+        return data.decode(errors="replace")
+
+
+@contextlib.contextmanager
+def native_output_watch() -> Iterator[NativeOutputWatch]:
+    """Send file descriptors 1 and 2 to a temporary file for the duration of the block and let the caller read it.
+
+    Used around cuCIM reads: its JPEG decoder reports a broken tile only by printing, and the print is both noise
+    for the user and the signal we need. Whatever was written is logged at debug level when the block ends.
     """
-    captured: list[str] = []
     sys.stdout.flush()
     sys.stderr.flush()
     saved = (os.dup(1), os.dup(2))
@@ -65,7 +83,7 @@ def native_output_captured() -> Iterator[list[str]]:
         try:
             os.dup2(sink.fileno(), 1)
             os.dup2(sink.fileno(), 2)
-            yield captured
+            yield NativeOutputWatch(sink)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -74,4 +92,6 @@ def native_output_captured() -> Iterator[list[str]]:
             os.close(saved[0])
             os.close(saved[1])
             sink.seek(0)
-            captured.append(sink.read().decode(errors="replace"))
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                logger.debug("native library output while reading: %s", text[:2000])

@@ -11,12 +11,13 @@
 
 """Batched patch reading for a torch ``DataLoader``, with broken-tile detection.
 
-cuCIM's batched ``read_region`` (a list of locations, its own decoder threads) produces the patches; the dataset
-turns them into channel-first tensors, resizes them when the pyramid level is finer than the target, and applies
-an optional MONAI dictionary transform. A broken tile must never become a patch: cuCIM prints a decoder error and
-returns whatever its buffer holds (zeros or stale pixels). Patches touching a tile that is structurally broken
-(:class:`~monai_ext.wsi.tile_check.TileChecker`), that fails an independent decode after the decoder complained,
-or that came back with an all-zero tile-sized block are dropped and reported in ``broken_coords``.
+cuCIM's batched ``read_region`` (a list of locations, its own decoder threads) produces the patches, one batch
+ahead in a prefetch thread; the dataset turns them into channel-first tensors (channels-last memory), resizes them
+when the pyramid level is finer than the target, and applies an optional MONAI dictionary transform. A broken tile
+must never become a patch: cuCIM prints a decoder error and returns whatever its buffer holds (zeros or stale
+pixels). Patches touching a tile that is structurally broken (:class:`~monai_ext.wsi.tile_check.TileChecker`),
+that fails an independent decode after the decoder complained, or that came back with an all-zero tile-sized
+block are dropped and reported in ``broken_coords``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from monai_ext._quiet import native_output_captured
+from monai_ext._quiet import native_output_watch
 from monai_ext.wsi.grid import PatchGrid
 from monai_ext.wsi.open import Slide, open_slide
 from monai_ext.wsi.tile_check import TileChecker
@@ -78,6 +81,17 @@ def _all_zero(patch: np.ndarray, sampled_nonzero: np.ndarray, top: int, bottom: 
     step = SAMPLE_STRIDE
     sample = sampled_nonzero[-(-top // step) : -(-bottom // step), -(-left // step) : -(-right // step)]
     return not sample.any() and not patch[top:bottom, left:right].any()
+
+
+@dataclass(frozen=True)
+class _BatchPlan:
+    """One batch before reading: grid positions, level-0 coords, level origins, patches to read, their tiles."""
+
+    index: np.ndarray
+    coords: np.ndarray
+    origins: np.ndarray
+    good: np.ndarray
+    tiles: list[list[int]]
 
 
 class PatchDataset(IterableDataset):
@@ -127,52 +141,65 @@ class PatchDataset(IterableDataset):
         if not batch_ids:
             return
         grid = self.grid
-        with open_slide(self.slide_path, mpp=self.mpp) as slide:
+        with open_slide(self.slide_path, mpp=self.mpp) as slide, native_output_watch() as decoder_output:
             info = slide.info
             downsample = info.level_downsamples[grid.level]
             checker = TileChecker(self.slide_path, info.tiff_pages[grid.level]) if info.tiff_pages else None
-            with checker or contextlib.nullcontext():
-                for batch_id in batch_ids:
-                    start = batch_id * self.batch_size
-                    index = np.arange(start, min(start + self.batch_size, len(grid)))
-                    yield self._read_batch(slide, checker, index, downsample, info.tile_sizes[grid.level])
+            with checker or contextlib.nullcontext(), ThreadPoolExecutor(max_workers=1) as prefetch:
+                plans = [self._plan(checker, batch_id, downsample) for batch_id in batch_ids]
+                pending = prefetch.submit(self._read, slide, plans[0])
+                suspect = False
+                for number, plan in enumerate(plans):
+                    patches = pending.result()
+                    if number + 1 < len(plans):  # decode the next batch while this one is checked and encoded
+                        pending = prefetch.submit(self._read, slide, plans[number + 1])
+                    # Decoder output since the last look came from this batch or the one just started.
+                    complained = bool(decoder_output.new_text().strip())
+                    verify, suspect = complained or suspect, complained
+                    yield self._finish(plan, patches, checker, verify, info.tile_sizes[grid.level])
 
-    def _read_batch(
-        self,
-        slide: Slide,
-        checker: TileChecker | None,
-        index: np.ndarray,
-        downsample: float,
-        tile_size: tuple[int, int],
-    ) -> dict[str, torch.Tensor]:
-        """Read one batch, dropping every patch that touches a tile that is broken or failed to decode."""
-        grid = self.grid
-        coords = grid.coords[index]
+    def _plan(self, checker: TileChecker | None, batch_id: int, downsample: float) -> _BatchPlan:
+        """Which patches of a batch to read: those not touching a structurally broken tile."""
+        start = batch_id * self.batch_size
+        index = np.arange(start, min(start + self.batch_size, len(self.grid)))
+        coords = self.grid.coords[index]
         origins = np.round(coords / downsample).astype(np.int64)
         good = np.ones(len(index), dtype=bool)
         tiles: list[list[int]] = []
         if checker is not None:
-            tiles = [checker.tiles_of(int(x), int(y), grid.read_size) for x, y in origins]
+            tiles = [checker.tiles_of(int(x), int(y), self.grid.read_size) for x, y in origins]
             bad_tiles = checker.structurally_broken({tile for patch in tiles for tile in patch})
             good &= np.array([not bad_tiles.intersection(patch) for patch in tiles], dtype=bool)
-        patches = np.zeros((0, grid.read_size, grid.read_size, 3), np.uint8)
-        if good.any():
-            with native_output_captured() as decoder_output:
-                (patches,) = slide.read_regions(
-                    [tuple(c) for c in coords[good]],
-                    grid.level,
-                    (grid.read_size,) * 2,
-                    batch_size=int(good.sum()),
-                    num_workers=self.num_threads,
-                )
-            readable = ~broken_patch_mask(patches, origins[good], tile_size)
-            if checker is not None and decoder_output[0].strip():
-                kept_tiles = [tiles[i] for i in np.flatnonzero(good)]
-                failing = checker.decode_broken({tile for patch in kept_tiles for tile in patch})
-                readable &= np.array([not failing.intersection(patch) for patch in kept_tiles], dtype=bool)
-            patches = patches[readable]
-            good[np.flatnonzero(good)[~readable]] = False
-        return self._to_item(patches, coords[good], coords[~good], index[good])
+        return _BatchPlan(index, coords, origins, good, tiles)
+
+    def _read(self, slide: Slide, plan: _BatchPlan) -> np.ndarray:
+        """The planned patches ``[b, R, R, 3]`` (one cuCIM batched read)."""
+        size = self.grid.read_size
+        if not plan.good.any():
+            return np.zeros((0, size, size, 3), np.uint8)
+        locations = [tuple(c) for c in plan.coords[plan.good]]
+        (patches,) = slide.read_regions(
+            locations, self.grid.level, (size, size), batch_size=len(locations), num_workers=self.num_threads
+        )
+        return patches
+
+    def _finish(
+        self,
+        plan: _BatchPlan,
+        patches: np.ndarray,
+        checker: TileChecker | None,
+        verify: bool,
+        tile_size: tuple[int, int],
+    ) -> dict[str, torch.Tensor]:
+        """Drop patches with an all-zero tile block, and when the decoder complained, patches on failing tiles."""
+        good = plan.good.copy()
+        readable = ~broken_patch_mask(patches, plan.origins[good], tile_size)
+        if checker is not None and verify and len(patches):
+            kept_tiles = [plan.tiles[i] for i in np.flatnonzero(good)]
+            failing = checker.decode_broken({tile for patch in kept_tiles for tile in patch})
+            readable &= np.array([not failing.intersection(patch) for patch in kept_tiles], dtype=bool)
+        good[np.flatnonzero(good)[~readable]] = False
+        return self._to_item(patches[readable], plan.coords[good], plan.coords[~good], plan.index[good])
 
     def _to_item(
         self, patches: np.ndarray, coords: np.ndarray, broken: np.ndarray, index: np.ndarray
