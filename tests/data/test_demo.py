@@ -81,9 +81,13 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def signal_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 40-patient cohort of tiny slides without features, for the signal tests."""
+    """A 64-patient cohort of tiny slides without features, for the signal tests.
+
+    At this size the Cox C-index of the documented covariates was 0.685-0.793 over 12 seeds, and 0.497-0.618 when
+    the generator's risk coefficients were set to zero, so the thresholds below separate signal from chance.
+    """
     root = tmp_path_factory.mktemp("signal")
-    make_demo_cohort(root, n_patients=40, seed=0, slide_size=(256, 256), max_slides_per_patient=2, extract=False)
+    make_demo_cohort(root, n_patients=64, seed=0, slide_size=(256, 256), max_slides_per_patient=2, extract=False)
     return root
 
 
@@ -314,7 +318,8 @@ def test_survival_signal(signal_root: Path) -> None:
     ).dropna()
     cox = CoxPHFitter().fit(data[["burden", "proliferation", "T", "E"]], "T", "E")
     combined = concordance_index(data["T"], -cox.predict_partial_hazard(data), data["E"])
-    assert combined > 0.6
+    assert combined > 0.65
+    assert combined > concordance_index(data["T"], -data["nuisance"], data["E"]) + 0.05  # an unrelated program
     for column in ("burden", "proliferation"):
         assert concordance_index(data["T"], -data[column], data["E"]) > 0.55, column
         assert combined > concordance_index(data["T"], -data[column], data["E"]), column
