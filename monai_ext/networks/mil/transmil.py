@@ -111,6 +111,14 @@ class NystromLayer(nn.Module):
         dropout: float,
     ) -> None:
         super().__init__()
+        if n_heads < 1 or dim % n_heads != 0:
+            raise ValueError(f"the token size ({dim}) must be a positive multiple of n_heads ({n_heads})")
+        if num_landmarks < 1 or pinv_iterations < 1:
+            raise ValueError(
+                f"num_landmarks and pinv_iterations must be positive, got {num_landmarks}, {pinv_iterations}"
+            )
+        if residual_kernel < 1 or residual_kernel % 2 == 0:
+            raise ValueError(f"residual_kernel must be a positive odd number, got {residual_kernel}")
         self.dim = dim
         self.n_heads = n_heads
         self.num_landmarks = num_landmarks
@@ -157,6 +165,47 @@ class NystromLayer(nn.Module):
         return x[0] + self.to_out(out.transpose(0, 1).reshape(self.dim)), weights[:, 0]
 
 
+class _DepthwiseConv2d(torch.autograd.Function):
+    """Depthwise ``same`` 2D convolution whose weight gradient is itself computed as a depthwise convolution.
+
+    oneDNN's depthwise weight-gradient kernel is pathologically slow on CPU with more than one thread (measured
+    for a 7x7 kernel on 512 channels: 100 x 100 grid 6-8 s on 2 threads vs 0.3 s on 1; this backward: 0.13 s).
+    ``dL/dw[c] = x_padded[c] (*) dL/dy[c]``, a correlation with the output gradient as the kernel, which the
+    forward convolution computes fast; ``dL/dx`` is the transposed convolution.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        batch, channels, height, width = x.shape
+        pad = weight.shape[-1] // 2
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv_transpose2d(grad, weight, padding=pad, groups=channels)
+        if ctx.needs_input_grad[1]:
+            padded = F.pad(x, (pad, pad, pad, pad)).reshape(1, batch * channels, height + 2 * pad, width + 2 * pad)
+            grad_w = F.conv2d(padded, grad.reshape(batch * channels, 1, height, width), groups=batch * channels)
+            grad_w = grad_w.reshape(batch, channels, 1, *weight.shape[-2:]).sum(dim=0)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b
+
+
+@torch.jit.unused
+def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Depthwise ``same`` convolution of ``x: [B, C, H, W]`` with an odd square ``weight: [C, 1, k, k]``.
+
+    Same result as ``F.conv2d(x, weight, bias, padding=k // 2, groups=C)``, with a fast CPU backward
+    (see :class:`_DepthwiseConv2d`); TorchScript uses ``F.conv2d``.
+    """
+    return _DepthwiseConv2d.apply(x, weight, bias)
+
+
 class PPEG(nn.Module):
     """Pyramid position encoding generator: depthwise 7x7 + 5x5 + 3x3 convolutions of the tokens laid on a square.
 
@@ -186,7 +235,10 @@ class PPEG(nn.Module):
             side += 1
         fill = torch.arange(side * side - n, device=tokens.device) % n
         grid = torch.cat([tokens, tokens[fill]]).transpose(0, 1).reshape(1, dim, side, side)
-        grid = F.conv2d(grid, self._fused_kernel(), self._fused_bias(), padding=3, groups=dim)
+        if torch.jit.is_scripting():
+            grid = F.conv2d(grid, self._fused_kernel(), self._fused_bias(), padding=3, groups=dim)
+        else:
+            grid = depthwise_conv2d(grid, self._fused_kernel(), self._fused_bias())
         return grid.reshape(dim, side * side).transpose(0, 1)[:n]
 
     def _fused_kernel(self) -> Tensor:
@@ -209,11 +261,13 @@ class TransMIL(nn.Module):
 
     Memory and speed: layer 1 updates every token and uses Nystrom attention (``O(N m)``); only the class token of
     layer 2 is used downstream, so layer 2 computes that one row of attention exactly (``O(N)``) - the same
-    result as full attention, and the ``attention`` map is the attention the model really used. Measured on
-    2 CPU threads, ``in_dim=1024``, defaults, forward + backward of one bag: 10k patches 1.1 s / 0.6 GB,
-    100k patches 12 s / 5.9 GB peak RSS (exact attention: 10k 12 s / 1.1 GB; the ``nystrom-attention``
-    package: 100k 57 s / 11.9 GB). Chunked exact attention was rejected: it is ``O(N^2)`` in time (about
-    20 min at 100k).
+    result as full attention, and the ``attention`` map is the attention the model really used. The PPEG
+    convolution has a custom backward (:func:`depthwise_conv2d`). Measured with ``scripts/bench_mil.py``
+    (training mode, one bag, ``in_dim=1024``, defaults, 2 threads on a 2-core machine shared with other jobs):
+    100k patches 5.4-5.9 GB peak RSS on top of the bag, 32 s when the machine was quiet and 45-63 s under load;
+    10k patches 1.0-1.1 GB, 3 s quiet. For comparison (figures from the project's issue #3, 2 threads): exact
+    attention (SDPA) 12 s / 1.1 GB at 10k already; the ``nystrom-attention`` package 57 s / 11.9 GB at 100k.
+    Chunked exact attention was rejected: linear memory but ``O(N^2)`` time, about 100 x the 10k cost at 100k.
 
     Args:
         in_dim: patch feature size ``D``.
@@ -241,14 +295,6 @@ class TransMIL(nn.Module):
     ) -> None:
         super().__init__()
         check_common_args(in_dim, hidden_dim, dropout)
-        if n_heads < 1 or hidden_dim % n_heads != 0:
-            raise ValueError(f"hidden_dim ({hidden_dim}) must be a positive multiple of n_heads ({n_heads})")
-        if num_landmarks < 1 or pinv_iterations < 1:
-            raise ValueError(
-                f"num_landmarks and pinv_iterations must be positive, got {num_landmarks}, {pinv_iterations}"
-            )
-        if residual_kernel < 1 or residual_kernel % 2 == 0:
-            raise ValueError(f"residual_kernel must be a positive odd number, got {residual_kernel}")
         self.in_dim = in_dim
         self.out_dim = hidden_dim
         self.encoder = projection(in_dim, hidden_dim, dropout)

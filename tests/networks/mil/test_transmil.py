@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from monai_ext.networks.mil import PPEG, NystromLayer, TransMIL, nystrom_attention
-from monai_ext.networks.mil.transmil import iterative_pinv, segment_means
+from monai_ext.networks.mil.transmil import depthwise_conv2d, iterative_pinv, segment_means
 
 
 @pytest.mark.parametrize(("n", "m"), [(12, 12), (12, 4), (10, 3), (1000, 256)])
@@ -67,6 +67,16 @@ def test_fused_ppeg_matches_three_convolutions(n: int) -> None:
     grid = filled.T.reshape(1, 6, side, side)
     expected = grid + ppeg.proj7(grid) + ppeg.proj5(grid) + ppeg.proj3(grid)
     torch.testing.assert_close(ppeg(tokens), expected.reshape(6, -1).T[:n], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("batch", "k"), [(1, 7), (2, 3)])
+def test_depthwise_conv_and_its_gradients(batch: int, k: int) -> None:
+    """The custom backward against finite differences, the forward against ``F.conv2d`` (non-square grid)."""
+    x = torch.randn(batch, 4, 6, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 1, k, k, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(depthwise_conv2d(x, weight, bias), F.conv2d(x, weight, bias, padding=k // 2, groups=4))
+    assert torch.autograd.gradcheck(depthwise_conv2d, (x, weight, bias))
 
 
 def exact_layer(layer: NystromLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
