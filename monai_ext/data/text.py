@@ -216,7 +216,7 @@ class TextEmbedder:
         """
         mask = np.array([_present(text) for text in texts], dtype=bool)
         present = [text for text, keep in zip(texts, mask, strict=True) if keep]
-        vectors = self._embed_present(present) if present else np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._embed_present(present)
         embeddings = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
         embeddings[mask] = vectors
         return embeddings, mask
@@ -236,7 +236,7 @@ class TextEmbedder:
             for case, value in texts.items()
         }
         flat = [text for items in per_case.values() for text in items]
-        vectors = self._embed_present(flat) if flat else np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._embed_present(flat)
         result, start = {}, 0
         for case, items in per_case.items():
             result[case] = vectors[start : start + len(items)]
@@ -268,6 +268,8 @@ class TextEmbedder:
 
     def _embed_present(self, texts: list[str]) -> np.ndarray:
         """Embeddings ``[N, E]`` of non-empty texts, from the cache where possible."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
         unique = list(dict.fromkeys(texts))
         found: dict[str, np.ndarray] = {}
         cache = None if self.cache_dir is None else self.cache_dir / re.sub(r"[^\w.@-]", "_", self.model_id)

@@ -172,8 +172,9 @@ def test_missing_texts_are_masked_never_silently_zero(embedder):
     np.testing.assert_allclose(embeddings[mask], embedder.embed(["Squamous cell carcinoma.", "Negative margins."]))
     with pytest.raises(ValueError, match=r"positions \[1, 2\] are empty or None"):
         embedder.embed(["ok", None, ""])
-    _, none = embedder.embed_masked([None])
-    assert not none.any()
+    zeros, none = embedder.embed_masked([None])
+    assert zeros.shape == (1, 384) and not none.any()
+    assert embedder.embed([]).shape == (0, 384)
 
 
 def test_embed_by_case(embedder):
