@@ -11,13 +11,13 @@
 
 """Batched patch reading for a torch ``DataLoader``, with broken-tile detection.
 
-cuCIM's batched ``read_region`` (a list of locations, its own decoder threads) produces the patches, one batch
-ahead in a prefetch thread; the dataset turns them into channel-first tensors (channels-last memory), resizes them
-when the pyramid level is finer than the target, and applies an optional MONAI dictionary transform. A broken tile
-must never become a patch: cuCIM prints a decoder error and returns whatever its buffer holds (zeros or stale
-pixels). Patches touching a tile that is structurally broken (:class:`~monai_ext.wsi.tile_check.TileChecker`),
-that fails an independent decode after the decoder complained, or that came back with an all-zero tile-sized
-block are dropped and reported in ``broken_coords``.
+cuCIM's batched ``read_region`` (one list of locations per slide, its own decoder threads decoding ahead) produces
+the patches; the dataset turns them into channel-first tensors (channels-last memory), resizes them when the
+pyramid level is finer than the target, and applies an optional MONAI dictionary transform. A broken tile must
+never become a patch: cuCIM prints a decoder error and returns whatever its buffer holds (zeros or stale pixels).
+Patches touching a tile that is structurally broken (:class:`~monai_ext.wsi.tile_check.TileChecker`), that fails
+an independent decode after the decoder complained (the batches in flight at that moment are all checked), or that
+came back with an all-zero tile-sized block are dropped and reported in ``broken_coords``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from monai_ext._quiet import native_output_watch
 from monai_ext.wsi.grid import PatchGrid
-from monai_ext.wsi.open import Slide, open_slide
+from monai_ext.wsi.open import open_slide
 from monai_ext.wsi.tile_check import TileChecker
 
 SAMPLE_STRIDE = 8
+PREFETCH_BATCHES = 2  # cuCIM's default prefetch_factor: batches decoded ahead of the one handed out
 
 
 def broken_patch_mask(batch: np.ndarray, origins: np.ndarray, tile_size: tuple[int, int]) -> np.ndarray:
@@ -81,6 +81,28 @@ def _all_zero(patch: np.ndarray, sampled_nonzero: np.ndarray, top: int, bottom: 
     step = SAMPLE_STRIDE
     sample = sampled_nonzero[-(-top // step) : -(-bottom // step), -(-left // step) : -(-right // step)]
     return not sample.any() and not patch[top:bottom, left:right].any()
+
+
+class _Regroup:
+    """Hand out a stream of region batches ``[b, R, R, 3]`` in pieces of any requested size."""
+
+    def __init__(self, chunks: Iterator[np.ndarray], size: int) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = np.zeros((0, size, size, 3), np.uint8)
+
+    def take(self, count: int) -> np.ndarray:
+        """The next ``count`` regions, in order."""
+        parts = [self._buffer] if len(self._buffer) else []
+        have = len(self._buffer)
+        while have < count:
+            chunk = next(self._chunks)
+            parts.append(chunk)
+            have += len(chunk)
+        if not parts:
+            return self._buffer[:0]
+        stacked = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        self._buffer = stacked[count:]
+        return stacked[:count]
 
 
 @dataclass(frozen=True)
@@ -145,18 +167,26 @@ class PatchDataset(IterableDataset):
             info = slide.info
             downsample = info.level_downsamples[grid.level]
             checker = TileChecker(self.slide_path, info.tiff_pages[grid.level]) if info.tiff_pages else None
-            with checker or contextlib.nullcontext(), ThreadPoolExecutor(max_workers=1) as prefetch:
+            with checker or contextlib.nullcontext():
                 plans = [self._plan(checker, batch_id, downsample) for batch_id in batch_ids]
-                pending = prefetch.submit(self._read, slide, plans[0])
-                suspect = False
-                for number, plan in enumerate(plans):
-                    patches = pending.result()
-                    if number + 1 < len(plans):  # decode the next batch while this one is checked and encoded
-                        pending = prefetch.submit(self._read, slide, plans[number + 1])
-                    # Decoder output since the last look came from this batch or the one just started.
-                    complained = bool(decoder_output.new_text().strip())
-                    verify, suspect = complained or suspect, complained
-                    yield self._finish(plan, patches, checker, verify, info.tile_sizes[grid.level])
+                # One batched read over every planned patch, so cuCIM decodes ahead of us with its own threads.
+                locations = [tuple(c) for plan in plans for c in plan.coords[plan.good]]
+                chunks = slide.read_regions(
+                    locations,
+                    grid.level,
+                    (grid.read_size,) * 2,
+                    batch_size=self.batch_size,
+                    num_workers=self.num_threads,
+                )
+                pieces = _Regroup(chunks, grid.read_size)
+                suspect = 0
+                for plan in plans:
+                    patches = pieces.take(int(plan.good.sum()))
+                    # Decoder output since the last look may come from this batch or one cuCIM decodes ahead.
+                    if decoder_output.new_text().strip():
+                        suspect = PREFETCH_BATCHES + 1
+                    yield self._finish(plan, patches, checker, suspect > 0, info.tile_sizes[grid.level])
+                    suspect -= 1
 
     def _plan(self, checker: TileChecker | None, batch_id: int, downsample: float) -> _BatchPlan:
         """Which patches of a batch to read: those not touching a structurally broken tile."""
@@ -171,17 +201,6 @@ class PatchDataset(IterableDataset):
             bad_tiles = checker.structurally_broken({tile for patch in tiles for tile in patch})
             good &= np.array([not bad_tiles.intersection(patch) for patch in tiles], dtype=bool)
         return _BatchPlan(index, coords, origins, good, tiles)
-
-    def _read(self, slide: Slide, plan: _BatchPlan) -> np.ndarray:
-        """The planned patches ``[b, R, R, 3]`` (one cuCIM batched read)."""
-        size = self.grid.read_size
-        if not plan.good.any():
-            return np.zeros((0, size, size, 3), np.uint8)
-        locations = [tuple(c) for c in plan.coords[plan.good]]
-        (patches,) = slide.read_regions(
-            locations, self.grid.level, (size, size), batch_size=len(locations), num_workers=self.num_threads
-        )
-        return patches
 
     def _finish(
         self,
@@ -199,7 +218,8 @@ class PatchDataset(IterableDataset):
             failing = checker.decode_broken({tile for patch in kept_tiles for tile in patch})
             readable &= np.array([not failing.intersection(patch) for patch in kept_tiles], dtype=bool)
         good[np.flatnonzero(good)[~readable]] = False
-        return self._to_item(patches[readable], plan.coords[good], plan.coords[~good], plan.index[good])
+        kept = patches if readable.all() else patches[readable]  # avoid copying the common, all-good batch
+        return self._to_item(kept, plan.coords[good], plan.coords[~good], plan.index[good])
 
     def _to_item(
         self, patches: np.ndarray, coords: np.ndarray, broken: np.ndarray, index: np.ndarray
