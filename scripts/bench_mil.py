@@ -84,7 +84,9 @@ def run_case(name: str, n_patches: int, in_dim: int, reps: int, threads: int, ti
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, "-c", PROBE, name, str(n_patches), str(in_dim), str(reps), str(threads)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+        done = subprocess.run(
+            command, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout, env=env, check=False
+        )
     except subprocess.TimeoutExpired:
         return {"status": f"timeout > {timeout:.0f} s"}
     if done.returncode != 0:

@@ -173,7 +173,8 @@ def _monai_tifffile(slide_path: Path, coords: np.ndarray, timeout: float) -> dic
             [sys.executable, "-c", MONAI_PROBE, str(slide_path), str(x), str(y)],
             check=True,
             capture_output=True,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
             timeout=timeout,
         )
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -209,7 +210,7 @@ def _measure_in_fresh_process(
         "--batch-size",
         str(batch_size),
     ]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, check=True, capture_output=True, encoding="utf-8", errors="replace")
     return float(done.stdout.strip().splitlines()[-1])
 
 

@@ -28,7 +28,9 @@ SCRIPT = REPO / "scripts" / "preprocess.py"
 
 
 def _run(*args: str, launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.CompletedProcess:
-    return subprocess.run([*launcher, str(SCRIPT), *args], capture_output=True, text=True, timeout=600, cwd=REPO)
+    return subprocess.run(
+        [*launcher, str(SCRIPT), *args], capture_output=True, encoding="utf-8", errors="replace", timeout=600, cwd=REPO
+    )
 
 
 def _demo_folder(folder: Path, n: int) -> Path:
