@@ -337,18 +337,13 @@ class MultimodalModel(nn.Module):
             if x.shape[0] != batch_size:
                 raise ValueError(f"batch[{name!r}] has batch size {x.shape[0]}, batch[{present[0]!r}] {batch_size}")
             if name == "text":
+                if x.ndim != 3:
+                    raise ValueError(f"batch['text'] must be token embeddings [B, T, E], got {tuple(x.shape)}")
                 mask = self._mask(batch, name, (batch_size, x.shape[1]))
                 tokens[name], masks[name] = self.encoders[name](x), mask
                 continue
             flag = self._mask(batch, name, (batch_size,))
-            if name == "radiology":
-                rows = flag.nonzero().squeeze(1)
-                encoded = self.encoders[name](x[rows]).reshape(len(rows), -1)
-                if encoded.shape[1] != self.dim:
-                    raise ValueError(f"radiology_encoder must return [B, {self.dim}], got {tuple(encoded.shape)}")
-                token = _scatter_rows(encoded, rows, batch_size).unsqueeze(1)
-            else:
-                token = self._encode_vector(name, x)
+            token = self._encode_radiology(x, flag) if name == "radiology" else self._encode_vector(name, x)
             tokens[name], masks[name] = token, flag[:, None].expand(-1, token.shape[1])
         has_any = torch.stack([m.any(dim=1) for m in masks.values()], dim=1).any(dim=1)
         if not bool(has_any.all()):
@@ -358,6 +353,17 @@ class MultimodalModel(nn.Module):
                 "bias alone: drop these samples"
             )
         return tokens, masks, out
+
+    def _encode_radiology(self, x: Tensor, present: Tensor) -> Tensor:
+        """Volumes ``[B, 1, H, W, D]`` to ``[B, 1, D]``; only present volumes reach the encoder (batch norm safe)."""
+        rows = present.nonzero().squeeze(1)
+        if len(rows) == 0:
+            return x.new_zeros(x.shape[0], 1, self.dim)
+        encoded = self.encoders["radiology"](x[rows])
+        encoded = encoded.reshape(len(rows), -1)
+        if encoded.shape[1] != self.dim:
+            raise ValueError(f"radiology_encoder must return [B, {self.dim}], got {tuple(encoded.shape)}")
+        return _scatter_rows(encoded, rows, x.shape[0]).unsqueeze(1)
 
     def _encode_vector(self, name: str, x: Tensor) -> Tensor:
         """Omics or clinical input to tokens ``[B, N_m, D]``."""

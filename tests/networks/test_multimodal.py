@@ -341,9 +341,12 @@ def test_radiology_encoder_sees_present_volumes_only() -> None:
     assert encoder.seen == [2]
     assert (out["modality_embeddings"]["radiology"][1] == 0).all()
     with torch.no_grad():
-        torch.testing.assert_close(
-            out["modality_embeddings"]["radiology"][2], encoder(batch["radiology"][2:]).squeeze(0)
-        )
+        expected = encoder(batch["radiology"][2:]).squeeze(0)
+    torch.testing.assert_close(out["modality_embeddings"]["radiology"][2], expected)
+    batch["radiology_mask"][:] = False
+    encoder.seen.clear()
+    run_eval(model, batch)
+    assert encoder.seen == [], "no present volume: the encoder must not run on an empty batch"
 
 
 def test_config_by_name() -> None:
@@ -432,6 +435,7 @@ def test_ill_arg(kwargs: dict[str, Any], match: str) -> None:
         ({"omics": torch.randn(2, OMICS_DIM)}, "batch size"),
         ({"wsi": torch.randn(3, WSI_DIM)}, r"\[B, N, D\]"),
         ({"clinical": torch.randn(3, 2, CLINICAL_DIM)}, r"\[B, features\]"),
+        ({"text": torch.randn(3, TEXT_DIM)}, r"\[B, T, E\]"),
     ],
 )
 def test_ill_batch(change: dict[str, Any], match: str) -> None:
