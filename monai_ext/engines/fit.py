@@ -117,7 +117,7 @@ def fit_model(
         network=model,
         optimizer=optimizer,
         loss_function=TaskLoss(task, alpha=alpha).to(device),
-        prepare_batch=MultimodalPrepareBatch(),
+        prepare_batch=MultimodalPrepareBatch(label_to_model=True),
         decollate=False,
         amp=device.type == "cuda",
     )

@@ -30,10 +30,13 @@ class MultimodalPrepareBatch(PrepareBatch):
 
     Args:
         target_keys: keys that are targets, not inputs.
+        label_to_model: also hand ``label`` to the model (training only: CLAM's instance loss needs the bag label;
+            never set it for evaluation or inference).
     """
 
-    def __init__(self, target_keys: Sequence[str] = TARGET_KEYS) -> None:
+    def __init__(self, target_keys: Sequence[str] = TARGET_KEYS, label_to_model: bool = False) -> None:
         self.target_keys = tuple(target_keys)
+        self.label_to_model = label_to_model
 
     def __call__(
         self,
@@ -48,4 +51,6 @@ class MultimodalPrepareBatch(PrepareBatch):
                 continue
             moved = value.to(device=device, non_blocking=non_blocking) if device is not None else value
             (targets if key in self.target_keys else inputs)[key] = moved
+        if self.label_to_model and "label" in targets:
+            inputs["label"] = targets["label"]
         return inputs, targets

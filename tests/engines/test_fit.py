@@ -116,3 +116,23 @@ def test_fit_learns_stops_early_and_keeps_best(tmp_path):
         roc_auc(test.labels, table["prob_1"].to_numpy()),
     )
     assert roc_auc(test.labels, table["prob_1"].to_numpy()) > 0.85
+
+
+def test_training_batches_hand_the_label_to_the_model_evaluation_batches_do_not():
+    batch = collate_multimodal([BagDataset(2, 0)[0], BagDataset(2, 0)[1]])
+    train_inputs, _ = MultimodalPrepareBatch(label_to_model=True)(batch, "cpu")
+    eval_inputs, _ = MultimodalPrepareBatch()(batch, "cpu")
+    assert "label" in train_inputs and "label" not in eval_inputs
+
+
+def test_clam_instance_loss_reaches_training(tmp_path):
+    from monai_ext.networks.multimodal import MultimodalModel
+
+    model = MultimodalModel(modalities=("wsi",), wsi_dim=4, dim=8, aggregator="clam_sb", task="classification")
+    batch = collate_multimodal([BagDataset(2, 0)[i] for i in range(2)])
+    inputs, targets = MultimodalPrepareBatch(label_to_model=True)(batch, "cpu")
+    model.train()
+    output = model(inputs)
+    assert "instance_loss" in output
+    loss = TaskLoss("classification", instance_weight=1.0)(output, targets)
+    assert torch.isclose(loss, F.cross_entropy(output["logits"], targets["label"]) + output["instance_loss"])
