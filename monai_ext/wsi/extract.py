@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from monai_ext.wsi.grid import PatchGrid, make_grid
 from monai_ext.wsi.open import DEFAULT_MAX_PIXELS, open_slide
 from monai_ext.wsi.reader import PatchDataset, patch_loader
 from monai_ext.wsi.store import is_complete, read_attrs, write_features
-from monai_ext.wsi.tissue import TissueConfig, detect_tissue, save_qc_png
+from monai_ext.wsi.tissue import TissueConfig, check_known_keys, detect_tissue, save_qc_png
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +68,7 @@ class ExtractionConfig:
     def from_dict(cls, values: dict[str, Any]) -> ExtractionConfig:
         """Build from a dict (e.g. the JSON file); unknown keys are an error listing the known ones."""
         values = dict(values)
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown extraction parameters {sorted(unknown)}; known: {sorted(known)}")
+        check_known_keys(cls, values, "extraction")
         if "tissue" in values:
             values["tissue"] = TissueConfig.from_dict(values["tissue"])
         return cls(**values)

@@ -27,6 +27,14 @@ import numpy as np
 from monai_ext.wsi.open import Slide
 
 
+def check_known_keys(config_class: type, values: dict[str, Any], what: str) -> None:
+    """Raise a ValueError listing the known fields when ``values`` holds keys ``config_class`` does not have."""
+    known = {field.name for field in fields(config_class)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {what} parameters {sorted(unknown)}; known: {sorted(known)}")
+
+
 @dataclass(frozen=True)
 class TissueConfig:
     """Parameters of :func:`detect_tissue` (the ``tissue`` section of ``configs/wsi.json``).
@@ -53,10 +61,7 @@ class TissueConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TissueConfig:
         """Build from a config section; unknown keys are an error that lists the known ones."""
-        known = {field.name for field in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown tissue parameters {sorted(unknown)}; known: {sorted(known)}")
+        check_known_keys(cls, values, "tissue")
         return cls(**values)
 
 
