@@ -175,3 +175,13 @@ def test_status_json_is_valid_after_each_slide(make_tiff, tmp_path):
     extract_slide(path, tmp_path, MeanColorEncoder(), CONFIG)
     status = json.loads((tmp_path / "status" / "slide.json").read_text())
     assert status["status"] in {"done", "no_tissue"}
+
+
+def test_shipped_config_equals_library_defaults_and_unknown_keys_fail(tmp_path):
+    shipped = ExtractionConfig.from_json(REPO / "configs" / "wsi.json")
+    assert shipped == ExtractionConfig()
+    assert ExtractionConfig.from_json(REPO / "configs" / "wsi.json", mpp=0.25, patch_size=None).mpp == 0.25
+    bad = tmp_path / "wsi.json"
+    bad.write_text(json.dumps({"mpp": 0.5, "tissue": {"otsu": True}}))
+    with pytest.raises(ValueError, match="unknown tissue parameters"):
+        ExtractionConfig.from_json(bad)
