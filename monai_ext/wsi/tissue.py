@@ -26,6 +26,8 @@ import numpy as np
 
 from monai_ext.wsi.open import Slide
 
+THUMBNAIL_CHUNK = 4096
+
 
 def check_known_keys(config_class: type, values: dict[str, Any], what: str) -> None:
     """Raise a ValueError listing the known fields when ``values`` holds keys ``config_class`` does not have."""
@@ -85,8 +87,11 @@ class TissueMask:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
 
-def read_thumbnail(slide: Slide, thumbnail_mpp: float) -> tuple[np.ndarray, float]:
+def read_thumbnail(slide: Slide, thumbnail_mpp: float, chunk: int = THUMBNAIL_CHUNK) -> tuple[np.ndarray, float]:
     """Read the coarsest level at least as fine as ``thumbnail_mpp`` and resample it to that resolution.
+
+    The level is read in ``chunk`` x ``chunk`` pieces, each shrunk before the next is read, so a slide without a
+    usable pyramid costs time, not memory (a 65,536 px single-level slide would be 12 GiB in one read).
 
     Returns:
         the thumbnail ``[h, w, 3]`` uint8 and its downsample relative to level 0.
@@ -95,13 +100,24 @@ def read_thumbnail(slide: Slide, thumbnail_mpp: float) -> tuple[np.ndarray, floa
     candidates = [lvl for lvl in range(info.n_levels) if info.level_mpp(lvl) <= thumbnail_mpp * 1.01]
     level = max(candidates) if candidates else 0
     width, height = info.level_dimensions[level]
-    image = slide.read_region((0, 0), level, (width, height))
-    scale = info.level_mpp(level) / thumbnail_mpp
-    if scale < 0.99:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    downsample = info.level_dimensions[0][0] / image.shape[1]
-    return np.ascontiguousarray(image), downsample
+    scale = min(1.0, info.level_mpp(level) / thumbnail_mpp)
+    if scale >= 0.99:
+        scale = 1.0
+    out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
+    thumbnail = np.empty((out_h, out_w, 3), np.uint8)
+    level_downsample = info.level_downsamples[level]
+    for top in range(0, height, chunk):
+        for left in range(0, width, chunk):
+            right, bottom = min(left + chunk, width), min(top + chunk, height)
+            location = (round(left * level_downsample), round(top * level_downsample))
+            piece = slide.read_region(location, level, (right - left, bottom - top))
+            x0, x1 = round(left * scale), round(right * scale)
+            y0, y1 = round(top * scale), round(bottom * scale)
+            if x1 > x0 and y1 > y0:
+                thumbnail[y0:y1, x0:x1] = (
+                    piece if scale == 1.0 else cv2.resize(piece, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+                )
+    return thumbnail, info.level_dimensions[0][0] / out_w
 
 
 def tissue_mask_from_rgb(image: np.ndarray, mpp: float, config: TissueConfig) -> np.ndarray:

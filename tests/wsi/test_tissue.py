@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from monai_ext.wsi.open import open_slide
-from monai_ext.wsi.tissue import TissueConfig, detect_tissue, save_qc_png, tissue_mask_from_rgb
+from monai_ext.wsi.tissue import TissueConfig, detect_tissue, read_thumbnail, save_qc_png, tissue_mask_from_rgb
 from tests.wsi.conftest import tissue_image
 
 GLASS = 238
@@ -78,3 +78,15 @@ def test_detect_tissue_on_slide_and_qc_png(make_tiff, tmp_path):
 def test_unknown_config_key():
     with pytest.raises(ValueError, match="thumbnail_mpp"):
         TissueConfig.from_dict({"thumbnail_micron": 4})
+
+
+@pytest.mark.parametrize("chunk", [64, 100, 4096])
+def test_thumbnail_read_in_chunks_equals_one_read(make_tiff, chunk):
+    path = make_tiff(width=1024, height=768, n_levels=1)  # no pyramid: the thumbnail comes from level 0
+    with open_slide(path) as slide:
+        whole, downsample = read_thumbnail(slide, 2.0, chunk=4096)
+        pieces, same = read_thumbnail(slide, 2.0, chunk=chunk)
+        full = slide.read_region((0, 0), 0, (1024, 768))
+    assert whole.shape == (192, 256, 3) and downsample == same == 4.0
+    reference = cv2.resize(full, (256, 192), interpolation=cv2.INTER_AREA)
+    assert np.abs(pieces.astype(int) - reference).mean() < 1.0
