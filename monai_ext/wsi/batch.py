@@ -18,10 +18,13 @@ nothing; ``status.csv`` is assembled from them at the end.
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -129,6 +132,7 @@ def preprocess_slides(
     device: str = "auto",
     resume: bool = True,
     seed: int = 0,
+    isolate: bool = True,
 ) -> pd.DataFrame | None:
     """Extract features from every slide of a folder or manifest, with a progress bar; resumable.
 
@@ -144,6 +148,8 @@ def preprocess_slides(
         device: ``cpu``, ``cuda`` or ``auto``.
         resume: skip slides already extracted with the same settings.
         seed: seed of the built-in encoder.
+        isolate: run the slides in a child process, so a crash inside a native reader fails that slide
+            (``reader_crashed``) instead of the whole job.
 
     Returns:
         the status table on rank 0, None on other ranks.
@@ -153,30 +159,106 @@ def preprocess_slides(
     run_device = pick_device(device, rank)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if run_device.type == "cuda" else "gloo")
-    model = build_encoder(encoder, weights, seed=seed).to(run_device).eval()
     jobs = list_slides(slides)
-    counts: Counter[str] = Counter()
-    progress = tqdm(
-        shard(jobs, rank, world_size),
-        desc=f"slides (rank {rank})" if world_size > 1 else "slides",
-        unit="slide",
+    work = functools.partial(
+        extract_jobs,
+        out=str(out),
+        encoder=encoder,
+        weights=weights,
+        config=config,
+        device=str(run_device),
+        resume=resume,
+        seed=seed,
         position=rank,
-        file=sys.stderr,
-        dynamic_ncols=True,
+        label=f"slides (rank {rank})" if world_size > 1 else "slides",
     )
-    for job in progress:
-        progress.set_postfix_str(job.slide_id[:24])
-        result = extract_slide(
-            job.path, out, model, config, slide_id=job.slide_id, mpp=job.mpp, device=run_device, resume=resume
+    if isolate:
+        run_isolated(
+            shard(jobs, rank, world_size), out, work, start_method="spawn" if run_device.type == "cuda" else "fork"
         )
-        counts[result.status] += 1
-        if result.status == "failed":
-            tqdm.write(f"failed: {result.reason}", file=sys.stderr)
-        progress.set_postfix(dict(counts))
-    progress.close()
+    else:
+        work(shard(jobs, rank, world_size))
     if world_size > 1:
         dist.barrier()
     table = write_status_table(out, jobs) if rank == 0 else None
     if world_size > 1:
         dist.destroy_process_group()
     return table
+
+
+def extract_jobs(
+    jobs: list[SlideJob],
+    *,
+    out: str,
+    encoder: str,
+    weights: str | Path | None,
+    config: ExtractionConfig,
+    device: str,
+    resume: bool,
+    seed: int,
+    position: int = 0,
+    label: str = "slides",
+) -> None:
+    """Extract ``jobs`` in order with a progress bar, marking each slide as running while it is processed."""
+    model = build_encoder(encoder, weights, seed=seed).to(device).eval()
+    counts: Counter[str] = Counter()
+    progress = tqdm(jobs, desc=label, unit="slide", position=position, file=sys.stderr, dynamic_ncols=True)
+    for job in progress:
+        progress.set_postfix_str(job.slide_id[:24])
+        marker = running_marker(out, job.slide_id)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(job.path))
+        result = extract_slide(
+            job.path, out, model, config, slide_id=job.slide_id, mpp=job.mpp, device=device, resume=resume
+        )
+        marker.unlink()
+        counts[result.status] += 1
+        if result.status == "failed":
+            tqdm.write(f"failed: {result.reason}", file=sys.stderr)
+        progress.set_postfix(dict(counts))
+    progress.close()
+
+
+def running_marker(out: str | Path, slide_id: str) -> Path:
+    """The file that says a slide is being processed (present only while it is)."""
+    status = SlideOutputs(out, slide_id).status
+    return status.with_name(f"{slide_id}.running")
+
+
+def run_isolated(
+    jobs: list[SlideJob], out: str | Path, work: Callable[[list[SlideJob]], None], *, start_method: str = "fork"
+) -> list[str]:
+    """Run ``work(jobs)`` in a child process and survive a crash of the native readers.
+
+    When the child dies (e.g. a segfault inside a reader), the slide it was processing gets status ``failed`` with
+    reason ``reader_crashed`` and a new child takes the slides after it; finished slides are kept (and skipped on
+    the way, since extraction resumes).
+
+    Returns:
+        the ids of the slides that crashed their process.
+
+    Raises:
+        RuntimeError: the child died outside any slide (e.g. while loading the encoder).
+    """
+    context = multiprocessing.get_context(start_method)
+    remaining, crashed = list(jobs), []
+    while remaining:
+        child = context.Process(target=work, args=(remaining,), name="monai_ext-extract")
+        child.start()
+        child.join()
+        if child.exitcode == 0:
+            break
+        position = next((i for i, job in enumerate(remaining) if running_marker(out, job.slide_id).exists()), None)
+        if position is None:
+            raise RuntimeError(f"feature extraction process exited with code {child.exitcode} outside any slide")
+        job = remaining[position]
+        running_marker(out, job.slide_id).unlink()
+        reason = (
+            f"reader_crashed: {job.path}: the extraction process died (exit code {child.exitcode}) while "
+            "reading this slide; the file is probably malformed"
+        )
+        SlideOutputs(out, job.slide_id).write_status(SlideResult(job.slide_id, str(job.path), "failed", reason))
+        tqdm.write(f"failed: {reason}", file=sys.stderr)
+        crashed.append(job.slide_id)
+        remaining = remaining[position + 1 :]
+    return crashed

@@ -185,3 +185,33 @@ def test_shipped_config_equals_library_defaults_and_unknown_keys_fail(tmp_path):
     bad.write_text(json.dumps({"mpp": 0.5, "tissue": {"otsu": True}}))
     with pytest.raises(ValueError, match="unknown tissue parameters"):
         ExtractionConfig.from_json(bad)
+
+
+def _crash_on_b(jobs, out):
+    """A worker that processes slides in order and segfaults on slide "b", as a broken native reader would."""
+    from monai_ext.wsi.batch import running_marker
+
+    for job in jobs:
+        running_marker(out, job.slide_id).parent.mkdir(parents=True, exist_ok=True)
+        running_marker(out, job.slide_id).write_text(str(job.path))
+        if job.slide_id == "b":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        extract_slide(job.path, out, MeanColorEncoder(), CONFIG, slide_id=job.slide_id)
+        running_marker(out, job.slide_id).unlink()
+
+
+def test_reader_crash_fails_only_that_slide(make_tiff, tmp_path):
+    from functools import partial
+
+    from monai_ext.wsi.batch import run_isolated
+
+    slides = [make_tiff(f"{name}.tif", width=2048, height=1536, seed=i) for i, name in enumerate("abc")]
+    jobs = [SlideJob(path, path.stem) for path in slides]
+    out = tmp_path / "out"
+    crashed = run_isolated(jobs, out, partial(_crash_on_b, out=out))
+    assert crashed == ["b"]
+    table = write_status_table(out, jobs).set_index("slide_id")
+    assert table.loc["a", "status"] == "done" and table.loc["c", "status"] == "done"
+    assert table.loc["b", "status"] == "failed" and table.loc["b", "reason"].startswith("reader_crashed")
+    assert str(slides[1]) in table.loc["b", "reason"]
+    assert not list((out / "status").glob("*.running"))
