@@ -170,3 +170,11 @@ def test_real_fixture_slides(shared_data):
     with pytest.raises(UnsupportedSlideError) as err:
         open_slide(path)
     _assert_names_file(err, path)
+
+
+def test_zero_byte_file(tmp_path):
+    path = tmp_path / "empty.svs"
+    path.write_bytes(b"")
+    with pytest.raises(UnsupportedSlideError) as err:
+        open_slide(path)
+    _assert_names_file(err, path)
