@@ -172,12 +172,11 @@ def preprocess_slides(
         position=rank,
         label=f"slides (rank {rank})" if world_size > 1 else "slides",
     )
-    if isolate:
-        run_isolated(
-            shard(jobs, rank, world_size), out, work, start_method="spawn" if run_device.type == "cuda" else "fork"
-        )
+    mine = shard(jobs, rank, world_size)
+    if isolate:  # spawn, not fork: forking a process with live thread pools (torch, cuCIM) can deadlock the child
+        run_isolated(mine, out, work, start_method="spawn")
     else:
-        work(shard(jobs, rank, world_size))
+        work(mine)
     if world_size > 1:
         dist.barrier()
     table = write_status_table(out, jobs) if rank == 0 else None
@@ -226,7 +225,7 @@ def running_marker(out: str | Path, slide_id: str) -> Path:
 
 
 def run_isolated(
-    jobs: list[SlideJob], out: str | Path, work: Callable[[list[SlideJob]], None], *, start_method: str = "fork"
+    jobs: list[SlideJob], out: str | Path, work: Callable[[list[SlideJob]], None], *, start_method: str = "spawn"
 ) -> list[str]:
     """Run ``work(jobs)`` in a child process and survive a crash of the native readers.
 
