@@ -158,6 +158,8 @@ class BundleData:
         val_fraction: share of the training part used for validation.
         seed: seed of the split and of the training patch sub-sampling.
         max_patches: training cap on patches per patient (full bags for validation and test).
+        patients_with: keep only the patients who have all these modalities (before the split), e.g.
+            ``["omics"]`` so that runs with and without genomics are trained and tested on the same patients.
 
     Raises:
         ValueError: bad arguments, or data that do not fit the saved spec.
@@ -191,6 +193,7 @@ class BundleData:
         val_fraction: float = 0.2,
         seed: int = 0,
         max_patches: int | None = 512,
+        patients_with: Sequence[str] = (),
     ) -> None:
         if task not in _MODEL_TASK:
             raise ValueError(f"unknown task {task!r}; choose one of {sorted(_MODEL_TASK)}")
@@ -212,18 +215,29 @@ class BundleData:
         self.max_patches = max_patches
         self.seed = seed
         manifest = ensure_cohort(self.dataset_dir, demo if mode == "train" else None)
-        self.cohort = Cohort.from_csv(
-            manifest,
-            task=task,
-            label_values=PN_STAGES if task == "staging" else label_values,
-            clinical_columns=tuple(clinical_columns),
-            allow_columns=tuple(dict.fromkeys(("text", *allow_columns))),
-            encoder=encoder,
-        )
+        cohort_args = {
+            "task": task,
+            "label_values": PN_STAGES if task == "staging" else label_values,
+            "clinical_columns": tuple(clinical_columns),
+            "allow_columns": tuple(dict.fromkeys(("text", *allow_columns))),
+            "encoder": encoder,
+        }
+        self.cohort = Cohort.from_csv(manifest, **cohort_args)
+        unknown = sorted(set(patients_with) - {"wsi", "omics", "clinical", "text"})
+        if unknown:
+            raise ValueError(f"patients_with takes modality names (wsi, omics, clinical, text), got {unknown}")
+        if patients_with and mode == "train":
+            keep = self._patients_with(patients_with, omics_file, omics_suffixes, clinical_columns)
+            slides = self.cohort.slide_table
+            logger.info("keeping the %d of %d patients with %s", len(keep), len(self.cohort.patients), patients_with)
+            self.cohort = Cohort(
+                slides[slides["case_id"].isin(keep)], data_root=self.dataset_dir, source=str(manifest), **cohort_args
+            )
         if mode == "train":
             self.split = self._draw_split(n_folds, fold, val_fraction, seed)
             self.spec = {"task": task, "model_task": _MODEL_TASK[task], "modalities": list(self.modalities)}
             self.spec["split"] = {part: ids.tolist() for part, ids in self.split.parts().items()}
+            self.spec["patients_with"] = list(patients_with)
         else:
             self.spec = load_spec(self.models_dir)
             self._check_spec()
@@ -287,6 +301,23 @@ class BundleData:
         return f"BundleData(task={self.task!r}, modalities={self.modalities}, patients={sizes})"
 
     # -- preparation ---------------------------------------------------------------------------------------------
+
+    def _patients_with(
+        self, modalities: Sequence[str], omics_file: str, suffixes: Sequence[str], clinical_columns: Sequence[str]
+    ) -> set[str]:
+        """Patients of the cohort for whom every modality of ``modalities`` is present."""
+        keep = set(self.cohort.patients)
+        if "omics" in modalities:
+            table = select_modalities(pd.read_csv(self.dataset_dir / omics_file).set_index("case_id"), tuple(suffixes))
+            keep &= {str(case) for case in table.index[table.notna().any(axis=1)]}
+        if "clinical" in modalities:
+            clinical = self.cohort.patient_table()[list(clinical_columns)]
+            keep &= set(clinical.index[clinical.notna().any(axis=1)])
+        if "text" in modalities:
+            slides = self.cohort.slide_table
+            noted = slides["text"].map(lambda note: isinstance(note, str) and bool(note.strip()))
+            keep &= set(slides.loc[noted, "case_id"])
+        return keep
 
     def _draw_split(self, n_folds: int, fold: int, val_fraction: float, seed: int) -> Fold:
         stratify = {"survival": "survival", "classification": "label", "staging": "patient_stage"}[self.task]

@@ -165,13 +165,13 @@ class ExportableNetwork(nn.Module):
         network: a network taking the batch dict of :func:`monai_ext.data.collate.collate_multimodal` (e.g.
             :class:`~monai_ext.networks.multimodal.MultimodalModel` or
             :class:`~monai_ext.networks.hierarchical.SlideToPatientModel`) and returning a dict of tensors.
-        modalities: its modalities (``wsi`` required; ``omics``, ``clinical``, ``text`` optional).
+        modalities: its modalities among ``wsi``, ``omics``, ``clinical``, ``text`` (export needs ``wsi``).
         input_dims: the feature width of each modality (``wsi``: ``D``, ``omics``: ``G``, ``clinical``: ``C``,
             ``text``: ``E``), e.g. ``data_spec.json``'s ``input_dims``.
         slide_index: the network reads ``wsi_slide_index`` (slide -> patient networks).
 
     Raises:
-        ValueError: ``wsi`` missing from ``modalities``, an unsupported modality, or a width not given.
+        ValueError: an unsupported modality, or a width not given.
     """
 
     def __init__(
@@ -185,10 +185,8 @@ class ExportableNetwork(nn.Module):
         super().__init__()
         names = tuple(modalities)
         unknown = sorted(set(names) - {*TOKEN_MODALITIES, *VECTOR_MODALITIES})
-        if "wsi" not in names or unknown:
-            raise ValueError(
-                f"ExportableNetwork needs 'wsi' and supports {[*TOKEN_MODALITIES, *VECTOR_MODALITIES]}; got {names}"
-            )
+        if unknown:
+            raise ValueError(f"ExportableNetwork supports {[*TOKEN_MODALITIES, *VECTOR_MODALITIES]}; got {names}")
         missing = [name for name in names if int(input_dims.get(name) or 0) < 1]
         if missing:
             raise ValueError(f"input_dims needs a positive width for {missing}, got {dict(input_dims)}")
@@ -210,7 +208,13 @@ class ExportableNetwork(nn.Module):
         return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def __prepare_scriptable__(self) -> nn.Module:
-        """Called by ``torch.jit.script``: the scriptable module around a trace of the network (in eval mode)."""
+        """Called by ``torch.jit.script``: the scriptable module around a trace of the network (in eval mode).
+
+        Raises:
+            ValueError: the network has no ``wsi`` input (the exported model reads the batch size from it).
+        """
+        if "wsi" not in self.modalities:
+            raise ValueError(f"export needs a network with slides ('wsi'); this one takes {self.modalities}")
         self.network.eval()
         example = example_batch(self.modalities, self.input_dims, slide_index=self.slide_index)
         with torch.no_grad(), warnings.catch_warnings():
