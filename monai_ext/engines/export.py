@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from monai_ext.networks.hierarchical import SlideToPatientModel
+
 __all__ = ["ExportableNetwork", "example_batch"]
 
 TOKEN_MODALITIES = ("wsi", "text")
@@ -96,11 +98,30 @@ class _TensorOutputs(nn.Module):
         return {key: value for key, value in output.items() if isinstance(value, Tensor)}
 
 
+def _with_mask(batch: dict[str, Tensor], full: dict[str, Tensor], name: str, mask_shape: list[int], width: int) -> None:
+    """Copy ``name`` and its mask into ``full``; an absent modality becomes zeros with a False mask."""
+    wsi = batch["wsi"]
+    mask_key = name + "_mask"
+    if name in batch:
+        full[name] = batch[name]
+        if mask_key in batch:
+            full[mask_key] = batch[mask_key]
+        else:
+            full[mask_key] = torch.ones(batch[name].shape[: len(mask_shape)], dtype=torch.bool, device=wsi.device)
+    else:
+        full[name] = torch.zeros(mask_shape + [width], dtype=wsi.dtype, device=wsi.device)  # noqa: RUF005 - TorchScript has no list unpacking
+        full[mask_key] = torch.zeros(mask_shape, dtype=torch.bool, device=wsi.device)
+
+
 class _ScriptedNetwork(nn.Module):
     """The scriptable side: completes the batch dict (absent modality: zeros, False mask), calls the trace."""
 
     def __init__(
-        self, traced: torch.jit.ScriptModule, modalities: Sequence[str], input_dims: Mapping[str, int]
+        self,
+        traced: torch.jit.ScriptModule,
+        modalities: Sequence[str],
+        input_dims: Mapping[str, int],
+        slide_index: bool,
     ) -> None:
         super().__init__()
         self.traced = traced
@@ -110,49 +131,105 @@ class _ScriptedNetwork(nn.Module):
         self.omics_dim = int(input_dims.get("omics", 0))
         self.clinical_dim = int(input_dims.get("clinical", 0))
         self.text_dim = int(input_dims.get("text", 0))
-        self.slide_index = False
+        self.slide_index = slide_index
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Run the traced network on ``batch`` (``wsi`` required; other modalities and masks optional)."""
+    def complete(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every input key of the trace: given values, or zeros with False masks for absent modalities."""
         wsi = batch["wsi"]
-        size, n_patches, device = wsi.shape[0], wsi.shape[1], wsi.device
+        size, n_patches = wsi.shape[0], wsi.shape[1]
         full: dict[str, Tensor] = {"wsi": wsi}
         if "wsi_mask" in batch:
             full["wsi_mask"] = batch["wsi_mask"]
         else:
-            full["wsi_mask"] = torch.ones(size, n_patches, dtype=torch.bool, device=device)
+            full["wsi_mask"] = torch.ones(size, n_patches, dtype=torch.bool, device=wsi.device)
         if self.slide_index:
             if "wsi_slide_index" in batch:
                 full["wsi_slide_index"] = batch["wsi_slide_index"]
             else:
-                full["wsi_slide_index"] = torch.zeros(size, n_patches, dtype=torch.long, device=device)
-        vectors: list[tuple[str, int]] = []
+                full["wsi_slide_index"] = torch.zeros(size, n_patches, dtype=torch.long, device=wsi.device)
         if self.has_omics:
-            vectors.append(("omics", self.omics_dim))
+            _with_mask(batch, full, "omics", [size], self.omics_dim)
         if self.has_clinical:
-            vectors.append(("clinical", self.clinical_dim))
-        for name, width in vectors:
-            mask_key = name + "_mask"
-            if name in batch:
-                full[name] = batch[name]
-                if mask_key in batch:
-                    full[mask_key] = batch[mask_key]
-                else:
-                    full[mask_key] = torch.ones(size, dtype=torch.bool, device=device)
-            else:
-                full[name] = torch.zeros(size, width, device=device)
-                full[mask_key] = torch.zeros(size, dtype=torch.bool, device=device)
+            _with_mask(batch, full, "clinical", [size], self.clinical_dim)
         if self.has_text:
-            if "text" in batch:
-                full["text"] = batch["text"]
-                if "text_mask" in batch:
-                    full["text_mask"] = batch["text_mask"]
-                else:
-                    full["text_mask"] = torch.ones(size, batch["text"].shape[1], dtype=torch.bool, device=device)
-            else:
-                full["text"] = torch.zeros(size, 1, self.text_dim, device=device)
-                full["text_mask"] = torch.zeros(size, 1, dtype=torch.bool, device=device)
-        return self.traced(full)
+            _with_mask(batch, full, "text", [size, 1], self.text_dim)
+        return full
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Run the traced network on ``batch`` (``wsi`` required; other modalities and masks optional)."""
+        return self.traced(self.complete(batch))
+
+
+class _PatientHead(nn.Module):
+    """The patient part of :class:`~monai_ext.networks.hierarchical.SlideToPatientModel` on its slides' outputs,
+    with the same modules and the same operations (scriptable)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.slide_projection = network.slide_projection
+        self.slide_pool = network.slide_pool
+        self.patient_head = network.patient_head
+
+    def forward(self, slide_logits: Tensor, slide_embedding: Tensor, slide_mask: Tensor) -> dict[str, Tensor]:
+        """``slide_logits [B, S, K]``, ``slide_embedding [B, S, E]`` (zero at empty slots), ``slide_mask [B, S]``."""
+        slide_probs = torch.softmax(slide_logits, dim=-1) * slide_mask.unsqueeze(-1)
+        pooled, slide_weights = self.slide_pool(self.slide_projection(slide_embedding), slide_mask)
+        logits = self.patient_head(torch.cat([pooled, slide_probs.sum(dim=1)], dim=-1))
+        return {
+            "logits": logits,
+            "probs": torch.softmax(logits, dim=-1),
+            "embedding": pooled,
+            "slide_logits": slide_logits,
+            "slide_probs": slide_probs,
+            "slide_embedding": slide_embedding,
+            "slide_mask": slide_mask,
+            "slide_weights": slide_weights,
+        }
+
+
+class _ScriptedSlideToPatient(nn.Module):
+    """Slide -> patient networks: each slide bag through the traced slide model, then the scripted patient head."""
+
+    def __init__(self, inputs: _ScriptedNetwork, head: _PatientHead, n_slide_classes: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.inputs = inputs
+        self.head = head
+        self.n_slide_classes = n_slide_classes
+        self.embedding_dim = embedding_dim
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Stage the slides and the patients of ``batch`` (``wsi`` and ``wsi_slide_index`` as in eager mode)."""
+        full = self.inputs.complete(batch)
+        wsi, mask, index = full["wsi"], full["wsi_mask"], full["wsi_slide_index"]
+        size, n_patches = wsi.shape[0], wsi.shape[1]
+        n_slots = int(index[mask].max()) + 1
+        slide_logits = wsi.new_zeros(size, n_slots, self.n_slide_classes)
+        slide_embedding = wsi.new_zeros(size, n_slots, self.embedding_dim)
+        slide_mask = torch.zeros(size, n_slots, dtype=torch.bool, device=wsi.device)
+        patch_attention = wsi.new_zeros(size, n_patches)
+        for b in range(size):
+            for slot in range(n_slots):
+                rows = ((index[b] == slot) & mask[b]).nonzero().squeeze(1)
+                if rows.numel() == 0:
+                    continue
+                slide: dict[str, Tensor] = {
+                    "wsi": wsi[b, rows].unsqueeze(0),
+                    "wsi_mask": torch.ones(1, rows.numel(), dtype=torch.bool, device=wsi.device),
+                }
+                for key, value in full.items():
+                    if not key.startswith("wsi"):
+                        slide[key] = value[b : b + 1]
+                out = self.inputs.traced(slide)
+                slide_logits[b, slot] = out["logits"][0]
+                slide_embedding[b, slot] = out["embedding"][0]
+                slide_mask[b, slot] = True
+                if "attention" in out:
+                    patch_attention[b, rows] = out["attention"][0]
+        result = self.head(slide_logits, slide_embedding, slide_mask)
+        weight = result["slide_weights"].gather(1, index.clamp(min=0)) * mask
+        result["slide_patch_attention"] = patch_attention
+        result["attention"] = patch_attention * weight
+        return result
 
 
 class ExportableNetwork(nn.Module):
@@ -216,11 +293,26 @@ class ExportableNetwork(nn.Module):
         if "wsi" not in self.modalities:
             raise ValueError(f"export needs a network with slides ('wsi'); this one takes {self.modalities}")
         self.network.eval()
+        if isinstance(self.network, SlideToPatientModel):
+            return self._script_slide_to_patient()
         example = example_batch(self.modalities, self.input_dims, slide_index=self.slide_index)
-        with torch.no_grad(), warnings.catch_warnings():
-            # the input checks' Python branches are frozen on purpose (see the module docstring)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            traced = torch.jit.trace(_TensorOutputs(self.network), (example,), strict=False, check_trace=False)
-        scripted = _ScriptedNetwork(traced, self.modalities, self.input_dims)
-        scripted.slide_index = self.slide_index
-        return scripted
+        traced = _trace(self.network, example)
+        return _ScriptedNetwork(traced, self.modalities, self.input_dims, self.slide_index)
+
+    def _script_slide_to_patient(self) -> nn.Module:
+        """Trace the slide model on one slide bag; script the split into slides and the patient head."""
+        slide_model = self.network.slide_model
+        example = example_batch(self.modalities, self.input_dims)
+        one_slide = {key: value[:1] for key, value in example.items()}  # one unpadded bag, as the loop passes
+        traced = _trace(slide_model, one_slide)
+        inputs = _ScriptedNetwork(traced, self.modalities, self.input_dims, slide_index=True)
+        embedding_dim = int(getattr(slide_model, "embedding_dim", 0))
+        return _ScriptedSlideToPatient(inputs, _PatientHead(self.network), self.network.n_slide_classes, embedding_dim)
+
+
+def _trace(network: nn.Module, example: dict[str, Tensor]) -> torch.jit.ScriptModule:
+    """Trace ``network`` (eval mode, tensor outputs only) on the example batch."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # the input checks' Python branches are frozen on purpose (see the module docstring)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return torch.jit.trace(_TensorOutputs(network.eval()), (example,), strict=False, check_trace=False)

@@ -30,7 +30,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "bundles"
 # per bundle: command-line overrides that shrink the demo and the training (defaults are the README's run)
+_DEMO = ["--demo#n_patients", "16", "--demo#slide_size", "[2048, 1024]", "--data#n_folds", "3"]
 TINY: dict[str, list[str]] = {
+    "pathology_staging_multimodal": ["--epochs", "2", *_DEMO, "--demo#max_slides_per_patient", "3"],
+    "pathology_subtyping_multimodal": ["--epochs", "2", *_DEMO],
     "pathology_survival_multimodal": [
         "--epochs",
         "2",

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from monai_ext.engines.export import ExportableNetwork, example_batch
+from monai_ext.networks.hierarchical import SlideToPatientModel
 from monai_ext.networks.multimodal import MultimodalModel
 
 DIMS = {"wsi": 16, "omics": 12, "clinical": 3, "text": 8}
@@ -79,6 +80,44 @@ def test_scripted_equals_eager(fusion: str, task: str) -> None:
         assert set(scripted) == tensors, name
         for key in tensors:
             torch.testing.assert_close(scripted[key], eager[key], rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
+
+
+@pytest.mark.parametrize("fusion", ["concat", "coattention"])
+def test_slide_to_patient_scripted_equals_eager(fusion: str) -> None:
+    modalities = ("wsi", "clinical", "text")
+    torch.manual_seed(0)
+    slide_model = MultimodalModel(
+        modalities=modalities,
+        wsi_dim=DIMS["wsi"],
+        clinical_dim=DIMS["clinical"],
+        text_dim=DIMS["text"],
+        dim=16,
+        fusion=fusion,
+        fusion_kwargs={"query_modality": "text", "n_layers": 1} if fusion == "coattention" else None,
+        task="classification",
+        n_classes=4,
+    )
+    network = SlideToPatientModel(slide_model=slide_model, hidden_dim=16)
+    wrapper = ExportableNetwork(network, modalities=modalities, input_dims=DIMS, slide_index=True).eval()
+    scripted = torch.jit.script(wrapper)
+    three_slides = {  # slides 0, 2, 1 in that order, of 20, 35 and 15 patches; slide 3 absent
+        "wsi": torch.randn(1, 70, DIMS["wsi"], generator=torch.Generator().manual_seed(1)),
+        "wsi_mask": torch.ones(1, 70, dtype=torch.bool),
+        "wsi_slide_index": torch.cat([torch.zeros(20), torch.full((35,), 2), torch.ones(15)]).long()[None],
+        "clinical": torch.randn(1, DIMS["clinical"]),
+        "text": torch.randn(1, 6, DIMS["text"]),
+    }
+    batches = {
+        "padded pair": example_batch(modalities, DIMS, slide_index=True, seed=5),
+        "three slides": three_slides,
+        "no clinical": {k: v for k, v in three_slides.items() if k != "clinical"},
+    }
+    for name, batch in batches.items():
+        with torch.no_grad():
+            eager, exported = wrapper(batch), scripted(batch)
+        assert set(exported) == set(eager), name
+        for key, value in eager.items():
+            torch.testing.assert_close(exported[key], value, rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
 
 
 def test_state_dict_is_the_wrapped_networks() -> None:
