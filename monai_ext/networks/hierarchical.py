@@ -24,8 +24,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from monai_ext.losses.alignment import TextAlignmentLoss
 from monai_ext.networks.fusion.layers import GatedAttentionPool
 from monai_ext.networks.heads import ClassificationHead
 
@@ -168,6 +170,13 @@ class SlideToPatientModel(nn.Module):
     on how many nodes are positive, which an attention pool, a weighted mean, cannot count. The deterministic rule
     is :func:`pn_stages_from_probs` on the returned ``slide_probs``.
 
+    Slide supervision (HMF trains the slide stage with its own loss): in training, a batch with ``slide_label``
+    (long ``[B, L]``, the stage index of slide ``s`` of each patient at ``[b, s]``, ``-1`` where unknown or
+    padded) adds ``slide_loss``, the cross-entropy of the slide logits, and, when the slide model reports
+    ``slide_text_similarity`` (bi-cross fusion with ``n_prompt_classes``), ``alignment_loss``
+    (:class:`~monai_ext.losses.alignment.TextAlignmentLoss`) to the outputs, for
+    :class:`~monai_ext.engines.task_loss.TaskLoss` to weight and add. Slide labels are never read in eval mode.
+
     Args:
         slide_model: maps a batch dict of slide bags to ``{"logits": [S, n_slide_classes], "embedding": [S, E]}``
             (plus optionally ``attention [S, M]`` over its patches).
@@ -176,6 +185,7 @@ class SlideToPatientModel(nn.Module):
         n_slide_classes: slide stages (4: negative, ITC, micro, macro).
         n_patient_classes: patient stages (5: ``PN_STAGES``).
         dropout: dropout in the patient head.
+        alignment_temperature: temperature of the slide-text alignment loss (HMF: 0.07).
 
     Raises:
         ValueError: when ``embedding_dim`` is neither given nor known from the slide model, or a size is not
@@ -191,6 +201,7 @@ class SlideToPatientModel(nn.Module):
         n_slide_classes: int = len(SLIDE_STAGES),
         n_patient_classes: int = len(PN_STAGES),
         dropout: float = 0.25,
+        alignment_temperature: float = 0.07,
     ) -> None:
         super().__init__()
         embedding_dim = embedding_dim or getattr(slide_model, "embedding_dim", None)
@@ -207,13 +218,15 @@ class SlideToPatientModel(nn.Module):
         self.slide_projection = nn.Sequential(nn.Linear(embedding_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
         self.slide_pool = GatedAttentionPool(hidden_dim, dropout=dropout)
         self.patient_head = ClassificationHead(hidden_dim + n_slide_classes, n_patient_classes, dropout=dropout)
+        self.alignment = TextAlignmentLoss(alignment_temperature)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Stage slides and patients.
 
         Args:
             batch: ``wsi [B, N, D]``, ``wsi_mask`` bool ``[B, N]`` (optional, default all True),
-                ``wsi_slide_index`` long ``[B, N]`` and any patient-level modality of ``PATIENT_MODALITIES``.
+                ``wsi_slide_index`` long ``[B, N]``, any patient-level modality of ``PATIENT_MODALITIES`` and, for
+                training only, ``slide_label`` long ``[B, L]`` (see the class docstring).
 
         Returns:
             ``logits``, ``probs [B, n_patient_classes]`` (patient stage), ``embedding [B, hidden_dim]``,
@@ -221,10 +234,13 @@ class SlideToPatientModel(nn.Module):
             at slide slots without patches), ``slide_mask`` bool ``[B, S]``, ``slide_weights [B, S]`` (patient
             attention over slides, sums to 1 over real slides) and, when the slide model reports patch attention,
             ``slide_patch_attention [B, N]`` (sums to 1 within each slide) and ``attention [B, N]`` (slide
-            weight times patch attention: sums to 1 over the patient's patches).
+            weight times patch attention: sums to 1 over the patient's patches). When the slide model reports them,
+            ``slide_text_similarity [B, S, K]`` and ``slide_text_mask`` bool ``[B, S, K]`` (False at empty slots).
+            In training with ``slide_label``: ``slide_loss`` and (with the similarity) ``alignment_loss``, scalars.
 
         Raises:
-            ValueError: without ``wsi_slide_index``, for a patient without patches, or wrong slide model outputs.
+            ValueError: without ``wsi_slide_index``, for a patient without patches, wrong slide model outputs, or
+                ``slide_label`` too short for the slide indices.
         """
         if "wsi" not in batch or "wsi_slide_index" not in batch:
             raise ValueError("SlideToPatientModel needs 'wsi' and 'wsi_slide_index' [B, N] to split bags by slide")
@@ -277,4 +293,29 @@ class SlideToPatientModel(nn.Module):
             out["slide_patch_attention"] = patch_attention.new_zeros(mask.shape).index_put(source, patch_attention)
             weight = slide_weights[split["source_patient"], split["slide"][split["target_row"]]]
             out["attention"] = patch_attention.new_zeros(mask.shape).index_put(source, patch_attention * weight)
+        similarity = slide_out.get("slide_text_similarity")
+        if similarity is not None:
+            out["slide_text_similarity"] = similarity.new_zeros(batch_size, n_slots, similarity.shape[1]).index_put(
+                place, similarity
+            )
+            class_mask = torch.zeros(batch_size, n_slots, similarity.shape[1], dtype=torch.bool, device=x.device)
+            out["slide_text_mask"] = class_mask.index_put(place, slide_out["slide_text_mask"])
+        if self.training and "slide_label" in batch:
+            labels = self._slide_labels(batch["slide_label"], split["patient"], split["slide"])
+            known = labels >= 0
+            out["slide_loss"] = F.cross_entropy(logits[known], labels[known]) if bool(known.any()) else logits.sum() * 0
+            if similarity is not None:
+                out["alignment_loss"] = self.alignment(similarity, labels, slide_out["slide_text_mask"])
         return out
+
+    def _slide_labels(self, slide_label: Tensor, patient: Tensor, slide: Tensor) -> Tensor:
+        """The label of each slide row ``[S]`` from ``slide_label [B, L]`` (``-1``: unknown)."""
+        if slide_label.ndim != 2 or int(slide.max()) >= slide_label.shape[1]:
+            raise ValueError(
+                f"slide_label must be [B, L] with L above every slide index (max {int(slide.max())}), got "
+                f"{tuple(slide_label.shape)}; pad it with -1"
+            )
+        labels = slide_label[patient, slide].long()
+        if bool((labels >= self.n_slide_classes).any()):
+            raise ValueError(f"slide_label holds values >= n_slide_classes={self.n_slide_classes}: {labels.tolist()}")
+        return labels

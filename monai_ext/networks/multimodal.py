@@ -285,7 +285,9 @@ class MultimodalModel(nn.Module):
             ``risk [B]``. With patches in the batch, ``attention [B, N]``: the aggregator's attention (vector
             fusions) or the fusion's patch attention (token fusions; absent when the fusion computes none), a
             distribution over the valid patches of each sample (zero rows for samples without patches). With a
-            CLAM aggregator in training and a ``label`` in the batch, ``instance_loss`` (scalar).
+            CLAM aggregator in training and a ``label`` in the batch, ``instance_loss`` (scalar). With a fusion that
+            reports them (bi-cross with ``n_prompt_classes``), ``slide_text_similarity [B, K]`` and
+            ``slide_text_mask`` bool ``[B, K]``.
 
         Raises:
             ValueError: for a batch without any of the model's modalities, a sample with no modality present, an
@@ -300,6 +302,9 @@ class MultimodalModel(nn.Module):
         patch_attention = fused["attention"].get("wsi") if self.patch_tokens else None
         if patch_attention is not None:
             out["attention"] = patch_attention
+        for key in ("slide_text_similarity", "slide_text_mask"):  # bi-cross slide-text alignment (HMF)
+            if key in fused:
+                out[key] = fused[key]
         out.update(self._apply_head(embedding))
         if return_tokens:
             out["tokens"] = tokens

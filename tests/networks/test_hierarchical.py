@@ -10,7 +10,8 @@
 # limitations under the License.
 
 """Slide -> patient staging: the pN rule case by case and on the 100 CAMELYON17 patients, bag splitting against a
-loop, and SlideToPatientModel on patients with 1 to 5 slides."""
+loop, SlideToPatientModel on patients with 1 to 5 slides, and HMF's slide supervision (slide and alignment
+losses from slide labels in training only)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import pytest
 import torch
 
 from monai_ext.data import dataset as data_dataset
+from monai_ext.engines.task_loss import TaskLoss
+from monai_ext.losses.alignment import TextAlignmentLoss
 from monai_ext.networks.hierarchical import (
     PN_STAGES,
     SLIDE_STAGES,
@@ -279,3 +282,87 @@ def test_ill_inputs() -> None:
         SlideToPatientModel(slide_model=torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="positive"):
         SlideToPatientModel(slide_model=wrong, hidden_dim=0)
+
+
+def make_hmf_model(keep_ratio: float = 0.5, seed: int = 0) -> SlideToPatientModel:
+    """HMF: a bi-cross slide model over 4 classes x 2 prompts with the attention filter, and the patient head."""
+    torch.manual_seed(seed)
+    slide_model = MultimodalModel(
+        modalities=("wsi", "text"),
+        wsi_dim=WSI_DIM,
+        text_dim=TEXT_DIM,
+        dim=DIM,
+        fusion="bicross",
+        fusion_kwargs={"n_heads": 2, "keep_ratio": keep_ratio, "n_prompt_classes": len(SLIDE_STAGES)},
+        task="classification",
+        n_classes=len(SLIDE_STAGES),
+        dropout=0.0,
+    )
+    return SlideToPatientModel(slide_model=slide_model, hidden_dim=6, dropout=0.0)
+
+
+def hmf_batch() -> dict[str, torch.Tensor]:
+    """Patients with 2, 3 and 1 slides, the same 8 prompts each, slide labels padded to 5 (slide 1 of patient 1
+    unknown)."""
+    batch = random_patients([2, 3, 1], seed=11)
+    batch["text"] = torch.randn(1, 2 * len(SLIDE_STAGES), TEXT_DIM).expand(3, -1, -1)
+    batch["text_mask"] = torch.ones(3, 2 * len(SLIDE_STAGES), dtype=torch.bool)
+    batch["slide_label"] = torch.tensor([[3, 0, -1, -1, -1], [2, -1, 1, -1, -1], [0, -1, -1, -1, -1]])
+    return batch
+
+
+def test_hmf_slide_losses_equal_direct_computation() -> None:
+    """Training with slide labels reports the slide cross-entropy and the slide-text alignment over the labelled
+    slides, both equal to the losses computed from the returned slide outputs."""
+    model = make_hmf_model().train()
+    batch = hmf_batch()
+    out = model(batch)
+    labels = batch["slide_label"][:, :3]
+    labelled = out["slide_mask"] & (labels >= 0)
+    assert labelled.sum() == 5
+    expected = torch.nn.functional.cross_entropy(out["slide_logits"][labelled], labels[labelled])
+    torch.testing.assert_close(out["slide_loss"], expected)
+    alignment = TextAlignmentLoss(0.07)(
+        out["slide_text_similarity"][labelled], labels[labelled], out["slide_text_mask"][labelled]
+    )
+    torch.testing.assert_close(out["alignment_loss"], alignment)
+    assert out["slide_text_similarity"].shape == out["slide_text_mask"].shape == (3, 3, len(SLIDE_STAGES))
+    assert not out["slide_text_mask"][~out["slide_mask"]].any()
+    loss = TaskLoss("staging")(out, {"label": torch.tensor([3, 2, 0])})
+    torch.testing.assert_close(
+        loss,
+        torch.nn.functional.cross_entropy(out["logits"], torch.tensor([3, 2, 0]))
+        + out["slide_loss"]
+        + out["alignment_loss"],
+    )
+    loss.backward()
+    fusion = model.slide_model.fusion
+    for module in (fusion.align_slide, fusion.align_text, model.patient_head, model.slide_model.head):
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.parameters())
+
+
+def test_hmf_eval_never_reads_slide_labels() -> None:
+    model = make_hmf_model().eval()
+    batch = hmf_batch()
+    with torch.no_grad():
+        out = model(batch)
+        without = model({key: value for key, value in batch.items() if key != "slide_label"})
+    assert "slide_loss" not in out and "alignment_loss" not in out
+    for key in ("logits", "slide_logits", "slide_text_similarity", "attention"):
+        torch.testing.assert_close(out[key], without[key])
+    # the filter keeps half of each slide's patches (rounded up) in the patch attention
+    index, mask = batch["wsi_slide_index"], batch["wsi_mask"]
+    for b in range(3):
+        for s in range(int(index[b][mask[b]].max()) + 1):
+            in_slide = mask[b] & (index[b] == s)
+            kept = int((out["slide_patch_attention"][b][in_slide] > 0).sum())
+            assert kept == -(-int(in_slide.sum()) // 2)
+
+
+def test_hmf_slide_label_checks() -> None:
+    model = make_hmf_model().train()
+    batch = hmf_batch()
+    with pytest.raises(ValueError, match="pad it with -1"):
+        model({**batch, "slide_label": batch["slide_label"][:, :2]})
+    with pytest.raises(ValueError, match="n_slide_classes"):
+        model({**batch, "slide_label": batch["slide_label"].clamp(min=0) + 1})
