@@ -89,7 +89,8 @@ class MultiTaskLoss(nn.Module):
     ``L_t`` is the cross-entropy (classification) or the discrete-time NLL (survival,
     :class:`~monai_ext.losses.survival.DiscreteTimeNLLLoss`) averaged over the samples labelled for ``t``, and
     ``KL_t`` the :func:`soft_target_kl` over samples with soft targets. A task without labelled samples in the
-    batch contributes nothing (its part is absent). ``total = L_routed + shared_weight * L_shared``.
+    batch contributes nothing (its part is absent) and its head stays out of the graph (no gradient at all).
+    ``total = L_routed + shared_weight * L_shared``.
 
     Args:
         tasks: ``{task name: "classification" or "survival"}``.
@@ -159,13 +160,13 @@ class MultiTaskLoss(nn.Module):
         missing = sorted(set(self.tasks) - set(outputs))
         if missing:
             raise KeyError(f"the model output has no heads for tasks {missing}; it has {sorted(outputs)}")
-        total = sum(outputs[name]["logits"].sum() * 0.0 for name in self.tasks)  # a zero that keeps the graph
+        terms: list[Tensor] = []
         parts: dict[str, Tensor] = {}
         for name in self.tasks:
             loss = self.task_loss(name, outputs[name], target)
             if loss is not None:
                 parts[f"{prefix}{name}"] = loss.detach()
-                total = total + self.weights[name] * loss
+                terms.append(self.weights[name] * loss)
             soft_key = f"{name}_soft"
             if self.tasks[name] == "classification" and soft_key in target and self.soft_weight > 0:
                 logits = outputs[name]["logits"]
@@ -173,8 +174,11 @@ class MultiTaskLoss(nn.Module):
                 if bool(rows.any()):
                     kl = soft_target_kl(logits, target[soft_key].to(logits.device), rows)
                     parts[f"{prefix}{soft_key}"] = kl.detach()
-                    total = total + self.weights[name] * self.soft_weight * kl
-        return total, parts
+                    terms.append(self.weights[name] * self.soft_weight * kl)
+        if not terms:  # nothing labelled: a zero that keeps the graph (zero gradients, a harmless step)
+            return sum(outputs[name]["logits"].sum() * 0.0 for name in self.tasks), parts
+        # heads of tasks without labels stay out of the graph: no gradient, so no weight decay moves them either
+        return torch.stack(terms).sum(), parts
 
     def forward(self, output: Mapping[str, Any], target: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """Compute the loss.
