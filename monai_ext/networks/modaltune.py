@@ -29,7 +29,6 @@ labels as text; use with :func:`monai_ext.losses.multitask.soft_target_kl`).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +54,6 @@ __all__ = [
     "build_modaltune",
     "class_text_targets",
 ]
-
-logger = logging.getLogger(__name__)
 
 TASK_KINDS = ("classification", "survival")
 MODALITY_KINDS = ("vector", "tokens")
