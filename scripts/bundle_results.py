@@ -86,7 +86,7 @@ def main(
     epochs: int | None = None,
     n_patients: int | None = None,
     variant_overrides: dict[str, dict[str, Any]] | None = None,
-) -> pd.DataFrame:
+) -> None:
     """Train and evaluate the bundle on each modality variant, fold and seed; write and print the table.
 
     Args:
@@ -103,9 +103,6 @@ def main(
 
     The demo cohort's patients without one of the bundle's modalities (the demo leaves out genomics or notes for
     some) are left out of every variant (``data#patients_with``), so all variants see the same patients.
-
-    Returns:
-        One row per run: variant, fold, seed and the test metrics.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     bundle_dir, out_dir = Path(bundle).resolve(), Path(out).resolve()
@@ -153,7 +150,6 @@ def main(
     markdown = summary_markdown(table, REPORTED[task], len(seed_list), folds)
     (out_dir / "results.md").write_text(markdown)
     print(markdown)
-    return table
 
 
 def summary_markdown(table: pd.DataFrame, metrics: Sequence[str], n_seeds: int, n_folds: int) -> str:
