@@ -107,11 +107,22 @@ class SlideOutputs:
         self.status = out_dir / "status" / f"{slide_id}.json"
 
     def write_status(self, result: SlideResult) -> None:
-        """Write the slide's status JSON atomically."""
+        """Write the slide's status JSON atomically.
+
+        Raises:
+            OSError: the record could not be written (e.g. disk full); the message names it, and neither its
+                temporary file nor a partial record is left behind.
+        """
         self.status.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.status.with_name(self.status.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(result), indent=1))
-        tmp.replace(self.status)
+        try:
+            tmp.write_text(json.dumps(asdict(result), indent=1))
+            tmp.replace(self.status)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise OSError(
+                err.errno, f"{self.status}: could not write the slide's status record ({err}); free disk space"
+            ) from err
 
 
 def expected_attrs(config: ExtractionConfig, encoder_identity: str) -> dict[str, Any]:

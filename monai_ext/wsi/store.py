@@ -18,9 +18,11 @@ file's existence. CLAM's feature files (``.h5`` with ``features``/``coords``, or
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,30 @@ REQUIRED_ATTRS = (
 
 class FeatureFileError(ValueError):
     """A feature file that is incomplete, malformed, or made with another encoder; the message names the file."""
+
+
+class FeatureWriteError(OSError):
+    """A feature file could not be written (disk full, file-size limit, I/O error).
+
+    Nothing is left under the file's name nor under its temporary name; ``errno`` is the system's error number
+    (``ENOSPC``, ``EFBIG``, ...) when the writer reported one, ``filename`` the feature file.
+    """
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        code = getattr(cause, "errno", None)
+        if code is None:
+            found = re.search(r"errno = (\d+)", str(cause))
+            code = int(found.group(1)) if found else errno.EIO
+        reason = os.strerror(code)
+        super().__init__(
+            code,
+            f"{path}: could not write the feature file ({reason}: {cause}); nothing was kept under this name. "
+            "Free disk space (or raise the file-size limit) and re-run: finished slides are skipped",
+        )
+        self.filename = str(path)
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 @dataclass
@@ -102,26 +128,30 @@ def write_features(
     _check_arrays(path, features, coords)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    with h5py.File(tmp, "w") as h5:
-        h5.create_dataset("features", data=features)
-        h5.create_dataset("coords", data=coords)
-        attrs = {
-            "schema_version": SCHEMA_VERSION,
-            "slide_id": slide_id,
-            "encoder": encoder,
-            "patch_size": int(patch_size),
-            "mpp": float(mpp),
-            "level": int(level),
-            "coords_sha256": coords_sha256(coords),
-            "n_patches": len(features),
-            **(extra or {}),
-        }
-        h5.attrs.update(attrs)
-        h5.flush()
-        h5.attrs["complete"] = True
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    attrs = {
+        "schema_version": SCHEMA_VERSION,
+        "slide_id": slide_id,
+        "encoder": encoder,
+        "patch_size": int(patch_size),
+        "mpp": float(mpp),
+        "level": int(level),
+        "coords_sha256": coords_sha256(coords),
+        "n_patches": len(features),
+        **(extra or {}),
+    }
+    try:
+        with h5py.File(tmp, "w") as h5:
+            h5.create_dataset("features", data=features)
+            h5.create_dataset("coords", data=coords)
+            h5.attrs.update(attrs)
+            h5.flush()
+            h5.attrs["complete"] = True
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # h5py reports a failed write (disk full, EFBIG) as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise FeatureWriteError(path, err) from err
     return path
 
 
@@ -197,6 +227,11 @@ def _read_h5(path: Path) -> SlideFeatures:
     if coords.ndim == 3 and coords.shape[0] == 1:
         coords = coords[0]
     if "schema_version" in attrs:
+        if attrs["schema_version"] != SCHEMA_VERSION:
+            raise FeatureFileError(
+                f"{path}: feature file schema version {attrs['schema_version']}, this version of monai_ext reads "
+                f"{SCHEMA_VERSION}; re-run preprocessing for this slide"
+            )
         missing = [key for key in REQUIRED_ATTRS if key not in attrs]
         if missing or attrs.get("complete") is not True:
             raise FeatureFileError(
