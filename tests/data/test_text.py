@@ -9,7 +9,10 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Text embeddings: offline loading with the network cut, two model layouts agreeing, semantics, cache, masks."""
+"""Text embeddings: offline loading with the network cut, two model layouts agreeing, semantics, cache, prompts.
+
+Missing and very long texts are tested in ``tests/reliability/test_bad_modalities.py``.
+"""
 
 from __future__ import annotations
 
@@ -163,18 +166,6 @@ def test_cache_write_is_atomic_and_bad_files_are_recomputed(embedder, monkeypatc
         np.testing.assert_array_equal(embedder.embed([text]), vector)
     assert "unreadable cache file" in caplog.text
     np.testing.assert_array_equal(np.load(cached[0]), vector[0])
-
-
-def test_missing_texts_are_masked_never_silently_zero(embedder):
-    embeddings, mask = embedder.embed_masked(["Squamous cell carcinoma.", None, "   ", "Negative margins."])
-    np.testing.assert_array_equal(mask, [True, False, False, True])
-    np.testing.assert_array_equal(embeddings[~mask], 0.0)
-    np.testing.assert_allclose(embeddings[mask], embedder.embed(["Squamous cell carcinoma.", "Negative margins."]))
-    with pytest.raises(ValueError, match=r"positions \[1, 2\] are empty or None"):
-        embedder.embed(["ok", None, ""])
-    zeros, none = embedder.embed_masked([None])
-    assert zeros.shape == (1, 384) and not none.any()
-    assert embedder.embed([]).shape == (0, 384)
 
 
 def test_embed_by_case(embedder):
