@@ -46,8 +46,8 @@ def accuracy(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndar
 
 
 def staging_report(
-    slide_true: Sequence[int] | np.ndarray,
-    slide_pred: Sequence[int] | np.ndarray,
+    slide_true: Sequence[int] | np.ndarray | None,
+    slide_pred: Sequence[int] | np.ndarray | None,
     patient_true: Sequence[int] | np.ndarray,
     patient_preds: Mapping[str, Sequence[int] | np.ndarray],
     *,
@@ -61,22 +61,28 @@ def staging_report(
     shrink the distances; it is NaN when undefined (true and predicted stages all one and the same class).
 
     Args:
-        slide_true: ``[S]`` true slide stages (indices of ``SLIDE_STAGES``).
-        slide_pred: ``[S]`` predicted slide stages.
+        slide_true: ``[S]`` true slide stages (indices of ``SLIDE_STAGES``); None (with ``slide_pred``) for a
+            patient-level model without slide predictions.
+        slide_pred: ``[S]`` predicted slide stages, or None.
         patient_true: ``[P]`` true patient stages (indices of ``PN_STAGES``).
         patient_preds: aggregator name (e.g. ``"learned"``, ``"rule"``) -> ``[P]`` predicted patient stages.
         n_patient_classes: number of ordinal patient stages.
 
     Returns:
-        ``slide_accuracy``, ``slide_macro_f1`` and, per aggregator ``a``, ``patient_<a>_accuracy``,
-        ``patient_<a>_macro_f1`` and ``patient_<a>_kappa``.
+        ``slide_accuracy`` and ``slide_macro_f1`` (when slide stages are given) and, per aggregator ``a``,
+        ``patient_<a>_accuracy``, ``patient_<a>_macro_f1`` and ``patient_<a>_kappa``.
 
     Raises:
-        ValueError: empty or mismatched inputs, or no aggregator.
+        ValueError: empty or mismatched inputs, only one of the slide arguments, or no aggregator.
     """
     if not patient_preds:
         raise ValueError("patient_preds is empty: give {aggregator name: predicted patient stages}")
-    report = {"slide_accuracy": accuracy(slide_true, slide_pred), "slide_macro_f1": macro_f1(slide_true, slide_pred)}
+    if (slide_true is None) != (slide_pred is None):
+        raise ValueError("give both slide_true and slide_pred, or neither (patient-level model)")
+    report = {}
+    if slide_true is not None and slide_pred is not None:
+        report["slide_accuracy"] = accuracy(slide_true, slide_pred)
+        report["slide_macro_f1"] = macro_f1(slide_true, slide_pred)
     for name, pred in patient_preds.items():
         report[f"patient_{name}_accuracy"] = accuracy(patient_true, pred)
         report[f"patient_{name}_macro_f1"] = macro_f1(patient_true, pred)

@@ -50,6 +50,8 @@ def test_perfect_and_undefined() -> None:
         "patient_rule_kappa": 1.0,
     }
     assert math.isnan(staging_report([0], [0], [1, 1], {"learned": [1, 1]})["patient_learned_kappa"])
+    patient_only = staging_report(None, None, [0, 2, 4], {"learned": [0, 2, 3]})
+    assert sorted(patient_only) == ["patient_learned_accuracy", "patient_learned_kappa", "patient_learned_macro_f1"]
 
 
 def test_ill_arg() -> None:
@@ -59,3 +61,5 @@ def test_ill_arg() -> None:
         staging_report([0, 1], [0], [0], {"rule": [0]})
     with pytest.raises(ValueError, match="one length"):
         accuracy([], [])
+    with pytest.raises(ValueError, match="or neither"):
+        staging_report([0], None, [0], {"rule": [0]})

@@ -201,8 +201,9 @@ class BiCrossFusion(FusionBase):
         Returns:
             ``{"embedding": [B, E], "attention": {patch_modality: [B, N_p]}}`` when patches are in the batch (the
             gated pooling weights: zero at padded and filtered-out patches, summing to 1 over the kept ones); with
-            ``n_prompt_classes`` and both patches and prompts in the batch, also ``slide_text_similarity [B, K]``
-            and ``slide_text_mask`` bool ``[B, K]`` (see :meth:`slide_text_similarity`).
+            ``n_prompt_classes`` and both patches and (at least one valid) prompt in the batch, also
+            ``slide_text_similarity [B, K]`` and ``slide_text_mask`` bool ``[B, K]`` (see
+            :meth:`slide_text_similarity`).
         """
         tokens, masks, batch_size = self.check_inputs(tokens, masks)
         reference = next(iter(tokens.values()))
@@ -227,7 +228,8 @@ class BiCrossFusion(FusionBase):
                 vector = masked_mean(context[:, slices[name]], context_mask[:, slices[name]])
             pooled.append(self.missing.fill(name, vector, masks[name].any(dim=1), batch_size))
         result["embedding"] = self.mlp(torch.cat(pooled, dim=-1))
-        if self.n_prompt_classes is not None and patch_vector is not None and self.prompt_modality in tokens:
+        prompts_given = self.prompt_modality in tokens and bool(masks[self.prompt_modality].any())
+        if self.n_prompt_classes is not None and patch_vector is not None and prompts_given:
             span = slices[self.prompt_modality]
             similarity, class_mask = self.slide_text_similarity(patch_vector, context[:, span], context_mask[:, span])
             result["slide_text_similarity"] = similarity

@@ -231,6 +231,8 @@ def test_alignment_needs_patches_and_prompts() -> None:
     tokens, masks = prompt_batch()
     assert "slide_text_similarity" not in run(fusion, {"text": tokens["text"]}, {"text": masks["text"]})
     assert "slide_text_similarity" not in run(fusion, {"wsi": tokens["wsi"]}, {"wsi": masks["wsi"]})
+    no_text = {"wsi": masks["wsi"], "text": torch.zeros(3, 1, dtype=torch.bool)}  # text removed for everyone
+    assert "slide_text_similarity" not in run(fusion, {"wsi": tokens["wsi"], "text": torch.zeros(3, 1, DIM)}, no_text)
     masks["wsi"][1] = False
     assert not run(fusion, tokens, masks)["slide_text_mask"][1].any()
 
