@@ -12,7 +12,7 @@
 """Compare methods on the demo cohort (staging, subtyping, survival), with missing-modality rows, as markdown.
 
 Usage:
-    python scripts/compare_methods.py --out runs/compare [--n-patients 48 --folds 3 --seeds 0,1 --epochs 12]
+    python scripts/compare_methods.py --out runs/compare [--n-patients 60 --folds 3 --seeds 0,1 --epochs 15]
         [--tasks staging,subtyping,survival] [--methods wsi_abmil,concat,hmf] [--table docs/methods.md]
         [--manifest my_cohort/manifest.csv --prompts my_prompts.json]
 
@@ -48,16 +48,17 @@ def _names(value: str | int | tuple | list) -> tuple[str, ...]:
 def main(
     out: str = "runs/compare",
     manifest: str | None = None,
-    n_patients: int = 48,
+    n_patients: int = 60,
     cohort_seed: int = 0,
     tasks: str = "staging,subtyping,survival",
     methods: str | None = None,
     folds: int = 3,
     run_folds: int | None = None,
     seeds: str = "0,1",
-    epochs: int = 12,
-    patience: int = 4,
-    lr: float = 5e-4,
+    epochs: int = 15,
+    patience: int = 5,
+    lr: float = 1e-3,
+    batch_size: int = 4,
     dim: int = 64,
     modality_dropout: float = 0.25,
     keep_ratio: float = 0.5,
@@ -81,6 +82,7 @@ def main(
         epochs: maximum epochs per run (early stopping on an inner validation split).
         patience: early-stopping patience.
         lr: learning rate (AdamW).
+        batch_size: patients per training step.
         dim: token width of the networks.
         modality_dropout: modality dropout in training of multimodal methods.
         keep_ratio: HMF attention-filter ratio.
@@ -105,6 +107,7 @@ def main(
         epochs=epochs,
         patience=patience,
         lr=lr,
+        batch_size=batch_size,
         dim=dim,
         modality_dropout=modality_dropout,
         keep_ratio=keep_ratio,

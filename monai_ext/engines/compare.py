@@ -146,6 +146,7 @@ class CompareSettings:
         epochs: maximum epochs per run.
         patience: early-stopping patience on the inner validation split.
         lr: AdamW learning rate.
+        batch_size: patients per training step (bags are padded and masked).
         dim: shared token width of the networks.
         dropout: dropout of the networks.
         modality_dropout: per-sample modality dropout in training for multimodal methods (slides are never
@@ -160,9 +161,10 @@ class CompareSettings:
     folds: int = 3
     run_folds: int | None = None
     seeds: tuple[int, ...] = (0, 1)
-    epochs: int = 12
-    patience: int = 4
-    lr: float = 5e-4
+    epochs: int = 15
+    patience: int = 5
+    lr: float = 1e-3
+    batch_size: int = 4
     dim: int = 64
     dropout: float = 0.1
     modality_dropout: float = 0.25
@@ -418,6 +420,7 @@ def _fit(model: nn.Module, context: FoldContext) -> nn.Module:
         epochs=settings.epochs,
         lr=settings.lr,
         patience=settings.patience,
+        batch_size=settings.batch_size,
         device=settings.device,
         seed=context.seed,
     )
