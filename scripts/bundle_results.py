@@ -135,6 +135,7 @@ def main(
                 "data#n_folds": folds,
                 "data#fold": fold,
                 "data#patients_with": patients_with,
+                **({} if "text" in variant else {"data#text": None}),  # no text source without the text modality
                 **(variant_overrides or {}).get(name, {}),
             }
             if epochs is not None:
