@@ -37,6 +37,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -198,7 +199,7 @@ def unpack_bundle(
         dest_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=dest_dir))
         try:
-            _extract(zip_path, archive, staging, max_bytes)
+            _extract(zip_path, archive, staging)
             bundle = staging / name
             if not (bundle / "configs" / "metadata.json").is_file():
                 raise BundleArchiveError(f"{zip_path}: {name}/configs/metadata.json is missing: not a MONAI bundle")
@@ -242,7 +243,7 @@ def _large_files_yml(root: Path, weights: list[str], url: str) -> str:
 def _check_members(zip_path: Path, infos: list[zipfile.ZipInfo], max_bytes: int) -> str:
     """Refuse unsafe, stray or repeated members and oversized archives; return the bundle's folder name."""
     if not infos:
-        raise BundleArchiveError(f"{zip_path}: empty zip")
+        raise BundleArchiveError(f"{zip_path}: empty zip, not a bundle")
     seen: set[str] = set()
     tops: set[str] = set()
     declared = 0
@@ -257,14 +258,18 @@ def _check_members(zip_path: Path, infos: list[zipfile.ZipInfo], max_bytes: int)
         tops.add(normal.split("/")[0])
         if "/" not in normal and not info.is_dir():
             raise BundleArchiveError(
-                f"{zip_path}: member {info.filename!r} lies outside the bundle folder; a bundle zip holds one "
-                "top-level folder, <name>/"
+                f"{zip_path}: member {info.filename!r} lies outside the bundle folder (a bundle zip holds one "
+                "top-level folder, <name>/); nothing was extracted"
             )
         declared += info.file_size
     if len(tops) != 1:
-        raise BundleArchiveError(f"{zip_path}: several top-level folders {sorted(tops)}; a bundle zip holds one")
+        raise BundleArchiveError(
+            f"{zip_path}: several top-level folders {sorted(tops)}; a bundle zip holds one; nothing was extracted"
+        )
     if declared > max_bytes:
-        raise BundleArchiveError(f"{zip_path}: expands to {declared:,} bytes, above the limit of {max_bytes:,}")
+        raise BundleArchiveError(
+            f"{zip_path}: expands to {declared:,} bytes, above the limit of {max_bytes:,} bytes; nothing was extracted"
+        )
     return tops.pop()
 
 
@@ -285,23 +290,21 @@ def _member_problem(info: zipfile.ZipInfo) -> str:
     return ""
 
 
-def _extract(zip_path: Path, archive: zipfile.ZipFile, staging: Path, max_bytes: int) -> None:
-    """Write every member under ``staging``, counting the bytes actually written against ``max_bytes``."""
-    written = 0
+def _extract(zip_path: Path, archive: zipfile.ZipFile, staging: Path) -> None:
+    """Write every member under ``staging`` (reads stop at each member's declared size, checked beforehand)."""
     for info in archive.infolist():
         target = staging / posixpath.normpath(info.filename)
         if info.is_dir():
             target.mkdir(parents=True, exist_ok=True)
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(info) as source, open(target, "wb") as sink:
-            for block in iter(lambda source=source: source.read(_COPY_BLOCK), b""):
-                written += len(block)
-                if written > max_bytes:
-                    raise BundleArchiveError(
-                        f"{zip_path}: member {info.filename!r} expands the archive past {max_bytes:,} bytes"
-                    )
-                sink.write(block)
+        try:
+            with archive.open(info) as source, open(target, "wb") as sink:
+                shutil.copyfileobj(source, sink, _COPY_BLOCK)
+        except (zipfile.BadZipFile, zlib.error) as err:
+            raise BundleArchiveError(
+                f"{zip_path}: member {info.filename!r} is corrupt ({err}); nothing was extracted"
+            ) from err
 
 
 def _check_weights(zip_path: Path, bundle: Path) -> None:
@@ -313,5 +316,12 @@ def _check_weights(zip_path: Path, bundle: Path) -> None:
             member = f"{bundle.name}/{path.relative_to(bundle).as_posix()}"
             raise BundleArchiveError(
                 f"{zip_path}: member {member!r} is not a plain-tensor checkpoint (refused to unpickle code, or "
-                f"corrupt): {str(err).splitlines()[0]}"
+                f"corrupt): {_load_failure(err)}; nothing was extracted"
             ) from err
+
+
+def _load_failure(err: BaseException) -> str:
+    """The informative line of a ``torch.load`` error, without its advice to retry with ``weights_only=False``."""
+    skipped = ("Weights only load failed", "Check the documentation")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.startswith(skipped)]
+    return lines[0] if lines else type(err).__name__
