@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,6 +165,23 @@ def test_write_failure_leaves_previous_file_and_no_partial(tmp_path, monkeypatch
     assert_names_file(err.value, path)
     assert os.strerror(code) in str(err.value)
     assert _sha256(path) == before and not list(tmp_path.glob("*.partial"))
+
+
+def test_status_write_failure_names_the_record_and_leaves_no_temporary(make_tiff, tmp_path, monkeypatch):
+    slide = make_tiff("a.tif")
+    rename = Path.replace
+
+    def full_disk_on_status(self, target):
+        if self.name.endswith(".json.tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "replace", full_disk_on_status)
+    with pytest.raises(OSError) as err:
+        extract_slide(slide, tmp_path / "out", MeanColorEncoder(), CONFIG)
+    assert err.value.errno == errno.ENOSPC
+    assert_names_file(err.value, tmp_path / "out" / "status" / "a.json")
+    assert list((tmp_path / "out" / "status").iterdir()) == []
 
 
 def _crash_on_b(jobs, out):
