@@ -17,8 +17,10 @@ Hugging Face folder works: a sentence-transformers folder (with ``modules.json``
 a plain transformers encoder folder by ``AutoModel`` with mean pooling over the attention mask. Models are only
 ever read from disk (``local_files_only``): nothing is downloaded.
 
-Embeddings are L2-normalised float32. Texts longer than the model's limit are truncated (256 word pieces for
-MiniLM): pass a long report as several texts (sections or sentences), which the dataset takes as ``[T, E]``.
+Embeddings are L2-normalised float32. A text longer than the model's limit (256 word pieces for MiniLM) is never
+cut silently: :meth:`TextEmbedder.embed` refuses it, :meth:`TextEmbedder.embed_masked` and
+:meth:`TextEmbedder.embed_by_case` mask it (leave it out) with a warning. Pass a long report as several texts
+(sections or sentences), which the dataset takes as ``[T, E]``.
 
 Empty or None texts are never embedded: :meth:`TextEmbedder.embed` refuses them, :meth:`TextEmbedder.embed_masked`
 returns zero rows with a False mask, and :meth:`TextEmbedder.embed_by_case` leaves them out.
@@ -33,6 +35,7 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,6 +83,12 @@ def model_fingerprint(folder: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _over_limit(tokenizer: Any, texts: list[str], limit: int) -> list[bool]:
+    """Whether each text tokenizes (untruncated, special tokens included) to more than ``limit`` tokens."""
+    ids = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+    return [len(row) > limit for row in ids]
+
+
 class _SentenceTransformerModel:
     """A sentence-transformers folder (``modules.json``) run by sentence-transformers."""
 
@@ -90,6 +99,12 @@ class _SentenceTransformerModel:
         self.model = sentence_transformer(str(folder), device=device, local_files_only=True)
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
+        self.tokenizer = self.model.tokenizer
+        self.max_length = int(self.model.max_seq_length)
+
+    def too_long(self, texts: list[str]) -> list[bool]:
+        """Whether each text has more word pieces (special tokens included) than the model reads."""
+        return _over_limit(self.tokenizer, texts, self.max_length)
 
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         """Embeddings ``[N, E]`` (not necessarily normalised)."""
@@ -109,6 +124,10 @@ class _MeanPoolingModel:
         self.max_length = min(self.tokenizer.model_max_length, getattr(config, "max_position_embeddings", 1 << 30))
         self.dim = int(config.hidden_size)
         self.device = device
+
+    def too_long(self, texts: list[str]) -> list[bool]:
+        """Whether each text has more word pieces (special tokens included) than the model reads."""
+        return _over_limit(self.tokenizer, texts, self.max_length)
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
@@ -195,14 +214,21 @@ class TextEmbedder:
             float32 ``[N, E]``, each row of unit L2 norm.
 
         Raises:
-            ValueError: an empty or None text (use :meth:`embed_masked` for texts that may be missing).
+            ValueError: an empty or None text, or one longer than the model's limit (use :meth:`embed_masked` for
+                texts that may be missing or too long).
         """
         empty = [i for i, text in enumerate(texts) if not _present(text)]
         if empty:
             raise ValueError(
                 f"texts at positions {empty[:10]} are empty or None; use embed_masked() to get a mask for them"
             )
-        return self._embed_present(list(texts))
+        vectors, kept = self._embed_present(list(texts))
+        if not kept.all():
+            raise ValueError(
+                f"texts at positions {np.flatnonzero(~kept)[:10].tolist()} are longer than the text model "
+                f"{self.name} reads; split them into sections or use embed_masked() to mask them"
+            )
+        return vectors
 
     def embed_masked(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
         """Embed texts some of which may be missing.
@@ -212,13 +238,15 @@ class TextEmbedder:
 
         Returns:
             ``embeddings`` float32 ``[N, E]`` (rows of missing texts are zeros: never use them unmasked) and
-            ``mask`` bool ``[N]``, True where the text was present.
+            ``mask`` bool ``[N]``, True where the text was present and within the model's length limit (longer
+            texts are masked with a warning).
         """
         mask = np.array([_present(text) for text in texts], dtype=bool)
         present = [text for text, keep in zip(texts, mask, strict=True) if keep]
-        vectors = self._embed_present(present)
+        vectors, kept = self._embed_present(present)
         embeddings = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
         embeddings[mask] = vectors
+        mask[np.flatnonzero(mask)[~kept]] = False
         return embeddings, mask
 
     def embed_by_case(self, texts: Mapping[str, str | Sequence[str] | None]) -> dict[str, np.ndarray]:
@@ -228,19 +256,25 @@ class TextEmbedder:
             texts: ``case_id`` -> a text, a list of texts, or None (or NaN, as pandas reads an empty cell).
 
         Returns:
-            ``case_id`` -> float32 ``[T, E]`` of the patient's non-empty texts (``[0, E]`` when none): the ``text``
-            input of :class:`monai_ext.data.dataset.MultimodalDataset`, which masks patients without text.
+            ``case_id`` -> float32 ``[T, E]`` of the patient's non-empty texts within the model's length limit
+            (``[0, E]`` when none; longer texts are left out with a warning naming the patient): the ``text`` input
+            of :class:`monai_ext.data.dataset.MultimodalDataset`, which masks patients without text.
         """
         per_case = {
             case: [item for item in (value if _is_text_list(value) else [value]) if _present(item)]
             for case, value in texts.items()
         }
         flat = [text for items in per_case.values() for text in items]
-        vectors = self._embed_present(flat)
-        result, start = {}, 0
+        vectors, kept = self._embed_present(flat)
+        result, start, dropped = {}, 0, []
         for case, items in per_case.items():
-            result[case] = vectors[start : start + len(items)]
+            keep = kept[start : start + len(items)]
+            result[case] = vectors[start : start + len(items)][keep]
+            if not keep.all():
+                dropped.append(str(case))
             start += len(items)
+        if dropped:
+            logger.warning("texts of patients %s are longer than the text model reads: left out", dropped[:20])
         return result
 
     def class_prompt_embeddings(self, prompts: Mapping[str, Sequence[str]]) -> np.ndarray:
@@ -264,12 +298,13 @@ class TextEmbedder:
         if empty:
             raise ValueError(f"class(es) {empty} have an empty prompt")
         flat = [item for items in prompts.values() for item in items]
-        return self._embed_present(flat).reshape(len(prompts), len(flat) // len(prompts), -1)
+        return self.embed(flat).reshape(len(prompts), len(flat) // len(prompts), -1)
 
-    def _embed_present(self, texts: list[str]) -> np.ndarray:
-        """Embeddings ``[N, E]`` of non-empty texts, from the cache where possible."""
+    def _embed_present(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings ``[N, E]`` of non-empty texts, from the cache where possible, and bool ``[N]``: False for a
+        text longer than the model reads (its row is zeros; it is never embedded truncated, never cached)."""
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32), np.ones(0, dtype=bool)
         unique = list(dict.fromkeys(texts))
         found: dict[str, np.ndarray] = {}
         cache = None if self.cache_dir is None else self.cache_dir / re.sub(r"[^\w.@-]", "_", self.model_id)
@@ -279,16 +314,31 @@ class TextEmbedder:
                 if vector is not None:
                     found[text] = vector
         todo = [text for text in unique if text not in found]
+        too_long: set[str] = set()
+        if todo:
+            too_long = {text for text, over in zip(todo, self._load().too_long(todo), strict=True) if over}
+            if too_long:
+                logger.warning(
+                    "%d text(s) longer than the %d word pieces the text model %s reads are masked, not truncated "
+                    "(first: %r...); split long reports into sections",
+                    len(too_long),
+                    self._load().max_length,
+                    self.name,
+                    next(iter(too_long))[:80],
+                )
+            todo = [text for text in todo if text not in too_long]
         if todo:
             vectors = self._encode(todo)
             for text, vector in zip(todo, vectors, strict=True):
                 found[text] = vector
                 if cache is not None:
                     self._write_cached(cache, text, vector)
-        widths = {vector.shape[0] for vector in found.values()}
+        widths = {vector.shape[0] for vector in found.values()} or {self.dim}
         if len(widths) != 1:
             raise RuntimeError(f"embeddings of different widths {sorted(widths)}; clear the cache {self.cache_dir}")
-        return np.stack([found[text] for text in texts]).astype(np.float32, copy=False)
+        blank = np.zeros(widths.pop(), dtype=np.float32)
+        kept = np.array([text not in too_long for text in texts], dtype=bool)
+        return np.stack([found.get(text, blank) for text in texts]).astype(np.float32, copy=False), kept
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         """Run the model: L2-normalised float32 ``[N, E]``."""

@@ -180,6 +180,21 @@ def test_embed_by_case(embedder):
     np.testing.assert_allclose(result["C"], embedder.embed(["Section one.", "Section two."]))
 
 
+def test_long_texts_are_refused_or_left_out_never_truncated(embedder, caplog):
+    word_pieces = len(embedder._load().tokenizer("a b c d")["input_ids"]) - 2  # 4 words, 4 pieces + [CLS] [SEP]
+    limit = embedder._load().max_length
+    fits = " ".join(["a"] * (limit - 2))  # exactly the limit with the two special tokens
+    over = " ".join(["a"] * (limit - 1))
+    assert word_pieces == 4
+    with pytest.raises(ValueError, match=r"positions \[1\]"):
+        embedder.embed([fits, over])
+    with caplog.at_level(logging.WARNING, logger="monai_ext.data.text"):
+        by_case = embedder.embed_by_case({"P1": [fits, over], "P2": over})
+    assert by_case["P1"].shape == (1, embedder.dim) and by_case["P2"].shape == (0, embedder.dim)
+    np.testing.assert_allclose(by_case["P1"][0], embedder.embed([fits])[0])
+    assert "P1" in caplog.text and "P2" in caplog.text
+
+
 def test_class_prompt_embeddings(embedder):
     prompts = {
         "negative": ["no tumour cells in the lymph node", "a benign lymph node", "normal lymph node tissue"],

@@ -81,11 +81,6 @@ def test_missing_texts_are_masked_never_silently_zero(embedder):
     assert embedder.embed([]).shape == (0, 384)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: monai_ext/data/text.py truncates a text longer than the model's limit (256 word pieces for "
-    "MiniLM) silently instead of masking it with a warning",
-)
 def test_very_long_text_is_masked_with_a_warning(embedder, caplog):
     long_note = " ".join(["Invasive ductal carcinoma with extensive lymphovascular invasion."] * 200)
     with caplog.at_level(logging.WARNING, logger="monai_ext.data.text"):
