@@ -141,6 +141,11 @@ class MultimodalDataset(Dataset):
         blocks, index = [], []
         for slide_number, path in enumerate(self.cohort.paths_of(case_id, "features_path")):
             features = read_features(path, encoder=self.encoder).features
+            if len(features) == 0:  # a model must never see an empty bag: it would answer from its bias alone
+                raise ValueError(
+                    f"{path} (patient {case_id}) holds no patches, as a slide without tissue does: remove the slide "
+                    "from the manifest"
+                )
             blocks.append(features)
             index.append(np.full(len(features), slide_number, dtype=np.int64))
         result = (np.concatenate(blocks).astype(np.float32), np.concatenate(index))

@@ -145,12 +145,6 @@ def test_pt_with_pickled_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a [0, D] feature file (e.g. a CLAM file of a no-tissue slide) passes read_features and "
-    "MultimodalDataset yields an empty bag, to which MIL models answer from their bias alone; "
-    "monai_ext/data/dataset.py (or read_features) must refuse or mask it",
-)
 def test_empty_feature_file_never_reaches_a_model(tmp_path):
     for slide_id, n in (("s0", 3), ("s1", 0)):
         write_features(
