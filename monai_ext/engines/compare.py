@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +227,7 @@ class Method:
     tasks: tuple[str, ...]
     build: Callable[[FoldContext], nn.Module]
     modalities: tuple[str, ...] | None = None
-    train: Callable[[nn.Module, FoldContext], nn.Module] | None = field(default=None)
+    train: Callable[[nn.Module, FoldContext], nn.Module] | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -271,8 +271,9 @@ class WithSlideLabels(Dataset):
         self.data = data
         self.modalities = data.modalities
         self.labels: dict[str, torch.Tensor] = {}
+        by_case = dict(tuple(slides.groupby("case_id", sort=False)["slide_stage"]))
         for case_id in data.case_ids:
-            stages = slides.loc[slides["case_id"] == case_id, "slide_stage"]
+            stages = by_case[case_id].tolist()
             if len(stages) > width:
                 raise ValueError(f"patient {case_id} has {len(stages)} slides, more than width={width}")
             label = torch.full((width,), -1, dtype=torch.long)
@@ -300,11 +301,11 @@ def _multimodal(
     omics_encoder: str = "snn",
     fusion_kwargs: dict[str, Any] | None = None,
     n_classes: int | None = None,
-    modalities: Sequence[str] | None = None,
 ) -> MultimodalModel:
-    """A :class:`MultimodalModel` for the fold (ABMIL for vector fusions; pathway tokens when asked)."""
+    """A :class:`MultimodalModel` of the method's modalities for the fold (ABMIL for vector fusions; Hallmark
+    pathway tokens for ``omics_encoder="pathways"``); ``n_classes`` overrides the task's classes."""
     settings, dims = context.settings, context.dims
-    names = tuple(modalities or context.modalities)
+    names = context.modalities
     index = None
     if "omics" in names and omics_encoder == "pathways":
         index = [columns for _, columns in pathway_gene_index(list(context.omics_columns), "hallmarks")[0]]
@@ -330,7 +331,10 @@ def _multimodal(
 
 
 def _slides_to_patient(context: FoldContext, slide_model: nn.Module) -> SlideToPatientModel:
-    return SlideToPatientModel(slide_model=slide_model, hidden_dim=context.settings.dim, dropout=0.1)
+    """The slide model under the learned patient head (gated attention over slides plus expected stage counts)."""
+    return SlideToPatientModel(
+        slide_model=slide_model, hidden_dim=context.settings.dim, dropout=context.settings.dropout
+    )
 
 
 def _hmf(context: FoldContext) -> SlideToPatientModel:
@@ -364,7 +368,7 @@ DEFAULT_METHODS = (
     ),
     Method(
         "concat",
-        "late fusion by concatenation of ABMIL and per-modality embeddings",
+        "late fusion: concatenation of the ABMIL bag embedding and each modality's embedding (baseline)",
         ALL_TASKS,
         lambda context: _multimodal(context, fusion="concat"),
     ),
