@@ -36,7 +36,6 @@ from monai_ext.engines.bundle_archive import (
     pack_bundle,
     unpack_bundle,
 )
-from monai_ext.engines.config_trust import DEFAULT_ALLOWED_PREFIXES
 from monai_ext.engines.export import example_batch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,8 +48,6 @@ SPEC = {
     "n_outputs": 2,
     "pathway_gene_index": [[0, 1, 2], [3, 4, 5]],
 }
-# besides the default allow-list, the first-party configs import os and glob (paths in inference.json)
-FIRST_PARTY_PREFIXES = (*DEFAULT_ALLOWED_PREFIXES, "os.", "glob.")
 MEMBERS = [
     "LICENSE",
     "configs/evaluate.json",
@@ -148,7 +145,7 @@ def test_weights_left_out_are_listed_for_monai_download_large_files(tiny_bundle,
     weights = (bundle / "models" / "model.pt").read_bytes()
     expected = {"path": "models/model.pt", "url": url, "hash_val": hashlib.sha256(weights).hexdigest()}
     assert listed == {"large_files": [{**expected, "hash_type": "sha256"}]}
-    unpacked = unpack_bundle(path, tmp_path / "zoo", allowed_prefixes=FIRST_PARTY_PREFIXES)
+    unpacked = unpack_bundle(path, tmp_path / "zoo")
     (unpacked / "models" / "model.pt").write_bytes(weights)  # as if fetched from the url
     monai.bundle.download_large_files(bundle_path=str(unpacked))  # present with the listed hash: nothing to fetch
     (unpacked / "models" / "model.pt").write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))
@@ -160,7 +157,7 @@ def test_weights_left_out_are_listed_for_monai_download_large_files(tiny_bundle,
 def test_monai_bundle_load_after_safe_unpack(tiny_bundle, tmp_path):
     bundle, network = tiny_bundle
     path = pack_bundle(bundle, tmp_path / "dist")
-    unpacked = unpack_bundle(path, tmp_path / "zoo", allowed_prefixes=FIRST_PARTY_PREFIXES)
+    unpacked = unpack_bundle(path, tmp_path / "zoo")
     assert sorted(p.relative_to(unpacked).as_posix() for p in unpacked.rglob("*") if p.is_file()) == MEMBERS
     assert [p.name for p in (tmp_path / "zoo").iterdir()] == [SURVIVAL]  # no staging folder left
     assert_same_network(load_with_monai(tmp_path / "zoo", tmp_path), network, bundle)
