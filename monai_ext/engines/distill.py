@@ -65,6 +65,7 @@ from monai_ext.losses.lowrank import LowRankLoss
 from monai_ext.networks.multimodal import MultimodalModel
 
 __all__ = [
+    "KEY_METRIC",
     "DistillSettings",
     "TeacherBank",
     "build_student",
@@ -94,6 +95,8 @@ class DistillSettings:
         teacher_modalities: modalities of the teacher (``wsi`` first); the student always has ``("wsi",)``.
         clinical_columns: manifest columns of the clinical modality.
         categorical: which of them are categorical.
+        allow_columns: manifest columns tolerated but unused (the demo's ``age`` and ``sex`` when the teacher has no
+            clinical modality; columns in ``clinical_columns`` are dropped from it when the teacher uses them).
         text: ``"notes"`` when the teacher uses ``text`` (see :class:`BundleData`).
         dim: token width of both networks.
         aggregator: MIL aggregator of both networks.
@@ -107,7 +110,9 @@ class DistillSettings:
         max_patches: training cap on patches per patient.
         n_bins: survival time bins.
         n_folds: folds of the patient-grouped split.
-        val_fraction: share of the training part used for early stopping.
+        val_fraction: share of the training part used for early stopping; 0 trains every model for ``epochs``
+            epochs on the whole training part and keeps the last weights (steadier than early stopping on a
+            validation split of a few patients).
         lowrank_weight: weight of the teacher's low-rank term (0: plain multimodal teacher).
         lowrank_mode: ``"relation"`` (the paper's t-SVD on sample relations) or ``"sample"``.
         kd_weight: weight of the logit KD term of ``student_kd``.
@@ -125,6 +130,7 @@ class DistillSettings:
     teacher_modalities: tuple[str, ...] = ("wsi", "omics", "clinical")
     clinical_columns: tuple[str, ...] = ("age", "sex")
     categorical: tuple[str, ...] = ("sex",)
+    allow_columns: tuple[str, ...] = ("age", "sex")
     text: str | None = None
     dim: int = 64
     aggregator: str = "abmil"
@@ -489,6 +495,13 @@ def _student_dataset(data: BundleData, part: str, *, train: bool) -> MultimodalD
     )
 
 
+def _val_part(data: BundleData, *, student: bool) -> Dataset | None:
+    """The validation dataset of the split, or None when the split has no validation patients."""
+    if len(data.split.val) == 0:
+        return None
+    return _student_dataset(data, "val", train=False) if student else data.val
+
+
 def _test_metrics(model: nn.Module, data: Dataset, task: str, device: str, fit: Mapping[str, float]) -> dict:
     metrics = fold_metrics(task, predict(model, data, device=device))
     return {**metrics, "best_epoch": fit["best_epoch"], f"val_{KEY_METRIC[task]}": fit["val_metric"]}
@@ -529,6 +542,7 @@ def run_teacher_student(
             demo=demo,
             clinical_columns=settings.clinical_columns if "clinical" in settings.teacher_modalities else (),
             categorical=settings.categorical if "clinical" in settings.teacher_modalities else (),
+            allow_columns=_unused_columns(settings),
             text=settings.text,
             n_bins=settings.n_bins,
             n_folds=settings.n_folds,
@@ -538,6 +552,12 @@ def run_teacher_student(
             max_patches=settings.max_patches,
         )
         return _run(data, settings, seed)
+
+
+def _unused_columns(settings: DistillSettings) -> tuple[str, ...]:
+    """``settings.allow_columns`` minus the clinical columns the teacher uses."""
+    used = set(settings.clinical_columns) if "clinical" in settings.teacher_modalities else set()
+    return tuple(column for column in settings.allow_columns if column not in used)
 
 
 def _run(data: BundleData, settings: DistillSettings, seed: int) -> dict[str, dict[str, float]]:
@@ -563,7 +583,7 @@ def _run(data: BundleData, settings: DistillSettings, seed: int) -> dict[str, di
         teacher,
         teacher_loss(teacher, loss_task, lowrank=lowrank, lowrank_weight=settings.lowrank_weight, device=device),
         data.train,
-        data.val,
+        _val_part(data, student=False),
         **train_kwargs,
     )
     results = {"teacher": _test_metrics(teacher, data.test, task, device, fit)}
@@ -581,7 +601,7 @@ def _run(data: BundleData, settings: DistillSettings, seed: int) -> dict[str, di
     bank = teacher_bank(teacher, full_train, settings.model_task, device)
     student_parts = {
         "train": _student_dataset(data, "train", train=True),
-        "val": _student_dataset(data, "val", train=False),
+        "val": _val_part(data, student=True),
         "test": _student_dataset(data, "test", train=False),
     }
     for name in ("student_plain", "student_kd"):

@@ -245,12 +245,20 @@ def cohort_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_one_fold_end_to_end(cohort_dir: Path, tmp_path: Path) -> None:
-    settings = DistillSettings(task="survival", dim=8, proj_dim=8, epochs=2, batch_size=4, n_folds=4, n_bins=2)
+@pytest.mark.parametrize(
+    ("task", "modalities", "metric"),
+    [("survival", ("wsi", "omics", "clinical"), "c_index"), ("classification", ("wsi", "omics"), "balanced_accuracy")],
+)
+def test_one_fold_end_to_end(
+    cohort_dir: Path, tmp_path: Path, task: str, modalities: tuple[str, ...], metric: str
+) -> None:
+    settings = DistillSettings(
+        task=task, teacher_modalities=modalities, dim=8, proj_dim=8, epochs=2, batch_size=4, n_folds=4, n_bins=2
+    )
     results = run_teacher_student(cohort_dir, 1, settings=settings, seed=0, work_dir=tmp_path)
     assert set(results) == {"teacher", "student_kd", "student_plain"}
     for metrics in results.values():
-        assert 0.0 <= metrics["c_index"] <= 1.0 and 1 <= metrics["best_epoch"] <= 2
+        assert 0.0 <= metrics[metric] <= 1.0 and 1 <= metrics["best_epoch"] <= 2
     assert 0.0 <= results["student_kd"]["kd_weight_mean"] <= 1.0
     assert "kd_weight_mean" not in results["student_plain"]
     assert (tmp_path / "data_spec.json").is_file()  # the teacher's preprocessing, fitted on the training patients
