@@ -50,8 +50,10 @@ def _variants(text: str | Sequence[str] | None, default: Sequence[str]) -> list[
     the bundle's configuration, then all of them."""
     if text is None:
         return [[name] for name in default] + [list(default)]
-    groups = text.split(";") if isinstance(text, str) else list(text)
-    return [[name.strip() for name in str(group).split(",") if name.strip()] for group in groups]
+    if not isinstance(text, str):  # fire turns "wsi,omics" into a tuple: one variant
+        text = ",".join(str(name) for name in text)
+    groups = [[name.strip() for name in group.split(",") if name.strip()] for group in text.split(";")]
+    return [group for group in groups if group]
 
 
 def _run(root: Path, run_id: str, configs: Sequence[str], overrides: dict[str, Any]) -> None:
