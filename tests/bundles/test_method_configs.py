@@ -163,13 +163,15 @@ def _batch(bundle: str, seed: int = 1) -> dict[str, torch.Tensor]:
     spec = SPECS[bundle]
     batch = example_batch(spec["modalities"], spec["input_dims"], slide_index=bundle == STAGING, seed=seed)
     if bundle == STAGING:
-        prompts = torch.randn(len(SLIDE_STAGES) * N_PROMPTS, spec["input_dims"]["text"])
+        generator = torch.Generator().manual_seed(seed)
+        prompts = torch.randn(len(SLIDE_STAGES) * N_PROMPTS, spec["input_dims"]["text"], generator=generator)
         batch["text"] = prompts.expand(2, -1, -1).clone()
         batch["text_mask"] = torch.ones(2, len(prompts), dtype=torch.bool)
     return batch
 
 
 def _targets(bundle: str) -> dict[str, torch.Tensor]:
+    """Targets of the two patients of :func:`_batch` (survival bins and events, or class / pN labels)."""
     if bundle == SURVIVAL:
         return {"bin": torch.tensor([0, 2]), "event": torch.tensor([1.0, 0.0])}
     return {"label": torch.tensor([1, 0]) if bundle == SUBTYPING else torch.tensor([3, 1])}
