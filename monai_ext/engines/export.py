@@ -47,7 +47,12 @@ VECTOR_MODALITIES = ("omics", "clinical")
 
 
 def example_batch(
-    modalities: Sequence[str], input_dims: Mapping[str, int], *, slide_index: bool = False, seed: int = 0
+    modalities: Sequence[str],
+    input_dims: Mapping[str, int],
+    *,
+    slide_index: bool = False,
+    seed: int = 0,
+    n_text_tokens: int = 3,
 ) -> dict[str, Tensor]:
     """A random two-patient batch with every input key: the second bag padded, two slides per patient.
 
@@ -57,10 +62,11 @@ def example_batch(
             ``clinical``: ``C``, ``text``: embedding ``E``).
         slide_index: add ``wsi_slide_index`` (slide of each patch, for slide -> patient networks).
         seed: seed of the random values.
+        n_text_tokens: text tokens ``T`` per patient (class prompts need a multiple of the number of classes).
 
     Returns:
         ``wsi [2, 24, D]``, ``wsi_mask [2, 24]`` (second bag: 17 real patches), optionally ``wsi_slide_index``,
-        ``omics [2, G]``, ``clinical [2, C]`` with masks ``[2]``, ``text [2, 3, E]`` with ``text_mask [2, 3]``.
+        ``omics [2, G]``, ``clinical [2, C]`` with masks ``[2]``, ``text [2, T, E]`` with ``text_mask [2, T]``.
     """
     generator = torch.Generator().manual_seed(seed)
     batch: dict[str, Tensor] = {}
@@ -81,9 +87,15 @@ def example_batch(
             batch[name] = torch.randn(2, input_dims[name], generator=generator)
             batch[f"{name}_mask"] = torch.ones(2, dtype=torch.bool)
     if "text" in modalities:
-        batch["text"] = torch.randn(2, 3, input_dims["text"], generator=generator)
-        batch["text_mask"] = torch.ones(2, 3, dtype=torch.bool)
+        batch["text"] = torch.randn(2, n_text_tokens, input_dims["text"], generator=generator)
+        batch["text_mask"] = torch.ones(2, n_text_tokens, dtype=torch.bool)
     return batch
+
+
+def _text_tokens(network: nn.Module) -> int:
+    """Text tokens of the example batch: 3, or two per class where a fusion splits the text into class prompts."""
+    classes = [module.n_prompt_classes for module in network.modules() if getattr(module, "n_prompt_classes", None)]
+    return 2 * int(classes[0]) if classes else 3
 
 
 class _TensorOutputs(nn.Module):
@@ -295,14 +307,16 @@ class ExportableNetwork(nn.Module):
         self.network.eval()
         if isinstance(self.network, SlideToPatientModel):
             return self._script_slide_to_patient()
-        example = example_batch(self.modalities, self.input_dims, slide_index=self.slide_index)
+        example = example_batch(
+            self.modalities, self.input_dims, slide_index=self.slide_index, n_text_tokens=_text_tokens(self.network)
+        )
         traced = _trace(self.network, example)
         return _ScriptedNetwork(traced, self.modalities, self.input_dims, self.slide_index)
 
     def _script_slide_to_patient(self) -> nn.Module:
         """Trace the slide model on one slide bag; script the split into slides and the patient head."""
         slide_model = self.network.slide_model
-        example = example_batch(self.modalities, self.input_dims)
+        example = example_batch(self.modalities, self.input_dims, n_text_tokens=_text_tokens(slide_model))
         one_slide = {key: value[:1] for key, value in example.items()}  # one unpadded bag, as the loop passes
         traced = _trace(slide_model, one_slide)
         inputs = _ScriptedNetwork(traced, self.modalities, self.input_dims, slide_index=True)

@@ -247,23 +247,9 @@ def test_merged_configs_pass_the_trust_screen(method, bundle, is_method, tmp_pat
         check_config_targets(_parser(bundle, stage, method, tmp_path).get(), source=f"{bundle} {stage} + {method}")
 
 
-# open export bugs outside the fragments, found by this test (strict: they fail loudly once fixed)
-_SLICES = pytest.mark.xfail(
-    strict=True,
-    reason="fusion.base.concat_token_sets grows `start` in place (`start +=`): under torch.jit.trace the sizes are "
-    "tensors, so the slice of every small-side modality after the first is shifted and pools nothing",
-)
-_PROMPTS = pytest.mark.xfail(
-    strict=True,
-    reason="ExportableNetwork traces the slide model on example_batch's 3 text tokens, which bi-cross fusion with "
-    "n_prompt_classes=4 cannot split into classes (and concat_token_sets, see above)",
-)
-EXPORT_MARKS = {"survpath": [_SLICES], "hmf": [_PROMPTS]}
-
-
 @pytest.mark.parametrize(
     "method, bundle",
-    [pytest.param(m, b, id=i, marks=EXPORT_MARKS.get(m, [])) for (m, b, _), i in zip(CASES, IDS, strict=True)],
+    [pytest.param(m, b, id=i) for (m, b, _), i in zip(CASES, IDS, strict=True)],
 )
 def test_merged_network_exports_to_torchscript(method, bundle, tmp_path):
     torch.manual_seed(0)

@@ -50,7 +50,7 @@ def concat_token_sets(
             parts.append(tokens[name])
             part_masks.append(masks[name])
             slices[name] = slice(start, start + tokens[name].shape[1])
-            start += tokens[name].shape[1]
+            start = start + tokens[name].shape[1]  # not in place: under tracing sizes are tensors
     parts.append(extra)
     part_masks.append(torch.ones(extra.shape[:2], dtype=torch.bool, device=extra.device))
     return torch.cat(parts, dim=1), torch.cat(part_masks, dim=1), slices

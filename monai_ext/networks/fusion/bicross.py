@@ -228,8 +228,13 @@ class BiCrossFusion(FusionBase):
                 vector = masked_mean(context[:, slices[name]], context_mask[:, slices[name]])
             pooled.append(self.missing.fill(name, vector, masks[name].any(dim=1), batch_size))
         result["embedding"] = self.mlp(torch.cat(pooled, dim=-1))
-        prompts_given = self.prompt_modality in tokens and bool(masks[self.prompt_modality].any())
-        if self.n_prompt_classes is not None and patch_vector is not None and prompts_given:
+        # the data-dependent check comes last, so a network without prompt classes exports with dynamic shapes
+        if (
+            self.n_prompt_classes is not None
+            and patch_vector is not None
+            and self.prompt_modality in tokens
+            and bool(masks[self.prompt_modality].any())
+        ):
             span = slices[self.prompt_modality]
             similarity, class_mask = self.slide_text_similarity(patch_vector, context[:, span], context_mask[:, span])
             result["slide_text_similarity"] = similarity
