@@ -11,9 +11,9 @@
 
 """The MONAI Deploy App SDK application end to end on a trained survival bundle (skipped without the SDK).
 
-The command line is run as a user types it (``python deploy/app.py ...`` in a subprocess); the app's predictions
-are compared with the bundle runner called directly, which ``test_bundle_runner`` compares with the bundle's own
-inference."""
+The command line is run as a user types it (``python deploy/app.py ...`` in a subprocess) over the demo cohort with
+its manifest; the app's predictions are compared with the bundle runner called directly, which
+``test_bundle_runner`` compares with the bundle's own inference."""
 
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ import sys
 from pathlib import Path
 
 import cv2
+import pandas as pd
 import pytest
 from bundle_runner import BundleRunner
-from slide_cases import PatientCase
+from slide_cases import plan_cases
 
 from tests.bundles.conftest import bundle_env
 from tests.deploy.conftest import DEPLOY_DIR
@@ -36,13 +37,11 @@ from tests.deploy.conftest import DEPLOY_DIR
 GOOD = ("DEMO-000-N0", "DEMO-003-N0")
 
 
-def _slide_folder(bundle: Path, target: Path, broken: bool) -> Path:
-    """Two demo slides (one patient each) and, when ``broken``, a truncated copy as a third patient."""
+def _slide_folder(bundle: Path, target: Path) -> Path:
+    """Two demo slides, one patient each (no manifest)."""
     target.mkdir()
     for name in GOOD:
         shutil.copy(bundle / "demo_data" / "slides" / f"{name}.tif", target / f"{name}.tif")
-    if broken:
-        (target / "BROKEN.tif").write_bytes((target / f"{GOOD[0]}.tif").read_bytes()[:4096])
     return target
 
 
@@ -52,11 +51,17 @@ def _summary(out: Path) -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_command_line_over_a_slide_folder(deploy_sdk: None, survival_bundle: Path, tmp_path: Path) -> None:
-    slides = _slide_folder(survival_bundle, tmp_path / "slides", broken=True)
-    omics = survival_bundle / "demo_data" / "omics.csv"
+def test_command_line_over_the_demo_cohort(deploy_sdk: None, survival_bundle: Path, tmp_path: Path) -> None:
+    data = survival_bundle / "demo_data"
+    manifest = pd.read_csv(data / "manifest.csv")
+    manifest["slide_path"] = [str(data / path) for path in manifest["slide_path"]]
+    broken = tmp_path / "BROKEN.tif"
+    broken.write_bytes(Path(manifest["slide_path"].iloc[0]).read_bytes()[:4096])  # a truncated copy
+    extra = pd.DataFrame({"case_id": ["BROKEN"], "slide_path": [str(broken)]})
+    pd.concat([manifest, extra]).to_csv(tmp_path / "manifest.csv", index=False)
     out = tmp_path / "out"
-    args = ["--bundle", str(survival_bundle), "--input", str(slides), "--output", str(out), "--omics", str(omics)]
+    args = ["--bundle", str(survival_bundle), "--input", str(data / "slides"), "--output", str(out)]
+    args += ["--manifest", str(tmp_path / "manifest.csv"), "--omics", str(data / "omics.csv")]
     result = subprocess.run(
         [sys.executable, str(DEPLOY_DIR / "app.py"), *args],
         env=bundle_env(),
@@ -68,21 +73,23 @@ def test_command_line_over_a_slide_folder(deploy_sdk: None, survival_bundle: Pat
     assert result.returncode == 1, result.stderr[-4000:]  # one patient failed
     rows = _summary(out)
     statuses = {case_id: row["status"] for case_id, row in rows.items()}
-    assert statuses == {"BROKEN": "failed", **dict.fromkeys(GOOD, "done")}
-    assert str(slides / "BROKEN.tif") in rows["BROKEN"]["reason"]
-    reference = BundleRunner(survival_bundle, tmp_path / "reference", omics=omics)
-    for case_id in GOOD:
+    # every demo patient is done (with cuCIM's tile cache on, one failed on a wrong thumbnail: deploy/cucim_cache.py)
+    assert statuses == {"BROKEN": "failed", **dict.fromkeys(manifest["case_id"], "done")}
+    assert str(broken) in rows["BROKEN"]["reason"]
+    reference = BundleRunner(survival_bundle, tmp_path / "reference", omics=data / "omics.csv")
+    cases = {case.case_id: case for case in plan_cases(data / "slides", data / "manifest.csv")}
+    for case_id in ("DEMO-000", "DEMO-001"):
         prediction = json.loads(Path(rows[case_id]["prediction_json"]).read_text())
         assert prediction["case_id"] == case_id
+        assert len(prediction["slides"]) == len(cases[case_id].slide_paths)
         assert all(cv2.imread(slide["heatmap"]) is not None for slide in prediction["slides"])
-        expected = reference(PatientCase(case_id, (slides / f"{case_id}.tif",)))
-        assert float(rows[case_id]["risk"]) == pytest.approx(expected.risk, rel=1e-6)
+        assert float(rows[case_id]["risk"]) == pytest.approx(reference(cases[case_id]).risk, rel=1e-6)
 
 
 @pytest.mark.slow
 def test_all_done_exits_zero(deploy_sdk: None, survival_bundle: Path, tmp_path: Path) -> None:
     app = importlib.import_module("app")
-    slides = _slide_folder(survival_bundle, tmp_path / "slides", broken=False)
+    slides = _slide_folder(survival_bundle, tmp_path / "slides")
     out = tmp_path / "out"
     assert app.main(["-m", str(survival_bundle), "-i", str(slides), "-o", str(out)]) == 0
     assert sorted(_summary(out)) == sorted(GOOD)
