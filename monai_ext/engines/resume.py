@@ -14,9 +14,13 @@
 A run killed mid-epoch restarts from the checkpoint written at the end of the last finished epoch. For the
 resumed run to continue exactly as the uninterrupted one would have:
 
-- :class:`EpochSeeder` re-seeds torch's global generator (dropout), the training loader's shuffling generator and
-  the dataset's patch sub-sampling from ``(seed, epoch)`` when each epoch starts, so an epoch never depends on
-  how many random numbers earlier epochs drew in this process;
+- :class:`EpochSeeder` re-seeds torch's global generator (dropout), the training sampler (its order) and the
+  dataset's patch sub-sampling from ``(seed, epoch)`` when each epoch starts, so an epoch never depends on how
+  many random numbers earlier epochs drew in this process;
+- :class:`EpochShuffleSampler` draws each epoch's order from ``(seed, epoch)`` alone. A ``DataLoader`` with
+  ``shuffle=True`` cannot do that: an exhausted ``RandomSampler`` iterator draws one more permutation when Ignite
+  asks it for the next epoch's first batch, and a new loader iterator draws its base seed from the same
+  generator, so an uninterrupted run and a resumed one would see different orders;
 - :class:`ValidationProgress` is a checkpointable view of the validation side (the evaluator's best metric and
   its epoch, the early-stopping counter and the best-model saver's list), which Ignite's ``Checkpoint`` saves
   and ``CheckpointLoader`` restores together with the network, optimizer, scheduler and trainer.
@@ -27,15 +31,46 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+from collections.abc import Iterator, Sized
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from torch.utils.data import Sampler
 
-__all__ = ["EpochSeeder", "ValidationProgress", "latest_checkpoint"]
+__all__ = ["EpochSeeder", "EpochShuffleSampler", "ValidationProgress", "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(seed) * 100_003 + int(epoch)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order of ``range(len(dataset))`` that depends only on ``(seed, epoch)``.
+
+    Args:
+        dataset: anything with a length.
+        seed: the run's seed.
+    """
+
+    def __init__(self, dataset: Sized, seed: int = 0) -> None:
+        self.size = len(dataset)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` from the next iteration on."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+        return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
 class EpochSeeder:
@@ -43,13 +78,14 @@ class EpochSeeder:
 
     Args:
         seed: the run's seed.
-        generator: the training loader's generator (its shuffling), re-seeded with ``seed + epoch``.
+        sampler: the training sampler, told the epoch through its ``set_epoch`` (:class:`EpochShuffleSampler`, or
+            a ``DistributedSampler`` under ``torchrun``), or None.
         dataset: a dataset with ``set_epoch(epoch)`` (patch sub-sampling), or None.
     """
 
-    def __init__(self, seed: int, generator: torch.Generator | None = None, dataset: Any = None) -> None:
+    def __init__(self, seed: int, sampler: Any = None, dataset: Any = None) -> None:
         self.seed = int(seed)
-        self.generator = generator
+        self.sampler = sampler
         self.dataset = dataset
 
     def attach(self, engine: Engine) -> None:
@@ -58,9 +94,9 @@ class EpochSeeder:
 
     def __call__(self, engine: Engine) -> None:
         epoch = int(engine.state.epoch)
-        torch.manual_seed(self.seed * 100_003 + epoch)
-        if self.generator is not None:
-            self.generator.manual_seed(self.seed * 100_003 + epoch)
+        torch.manual_seed(_epoch_seed(self.seed, epoch))
+        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
         if self.dataset is not None and hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
 

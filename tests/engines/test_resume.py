@@ -19,8 +19,9 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver, EarlyStopHandler, stopping_fn_from_metric
+from torch.utils.data import DataLoader
 
-from monai_ext.engines.resume import EpochSeeder, ValidationProgress, latest_checkpoint
+from monai_ext.engines.resume import EpochSeeder, EpochShuffleSampler, ValidationProgress, latest_checkpoint
 
 
 class _Epochs:
@@ -32,27 +33,23 @@ class _Epochs:
 
 
 def _draws(start_epoch: int, n_epochs: int, noise_before: int) -> dict[int, list[float]]:
-    """Random draws (global torch generator and loader generator) made in each epoch of a run."""
-    generator = torch.Generator()
+    """Batches (order of a shuffled DataLoader) and a global random draw seen in each epoch of a run."""
     torch.rand(noise_before)  # whatever happened earlier in the process
+    data = list(range(6))
+    sampler = EpochShuffleSampler(data, seed=7)
+    loader = DataLoader(data, batch_size=2, sampler=sampler)
     draws: dict[int, list[float]] = {}
 
-    def step(engine: Engine, _: int) -> None:
-        draws.setdefault(engine.state.epoch, []).extend(
-            [float(torch.rand(1)), float(torch.rand(1, generator=generator))]
-        )
+    def step(engine: Engine, batch: torch.Tensor) -> None:
+        draws.setdefault(engine.state.epoch, []).extend([*batch.tolist(), float(torch.rand(1))])
 
     engine = Engine(step)
-    EpochSeeder(7, generator).attach(engine)
+    EpochSeeder(7, sampler=sampler).attach(engine)
     if start_epoch:  # what CheckpointLoader restores
         engine.load_state_dict(
-            {
-                "epoch": start_epoch,
-                "max_epochs": start_epoch + n_epochs,
-                "epoch_length": 2,
-            }
+            {"epoch": start_epoch, "max_epochs": start_epoch + n_epochs, "epoch_length": len(loader)}
         )
-    engine.run([0, 1], max_epochs=start_epoch + n_epochs)
+    engine.run(loader, max_epochs=start_epoch + n_epochs)
     return draws
 
 
@@ -61,6 +58,34 @@ def test_epoch_draws_do_not_depend_on_history() -> None:
     resumed = _draws(2, 1, noise_before=13)  # as a run resumed after epoch 2, in a fresh process
     assert sorted(resumed) == [3] and resumed[3] == full[3]
     assert full[1] != full[2]
+
+
+def test_shuffled_loader_alone_is_not_resumable() -> None:
+    """Why the sampler exists: a seeded ``shuffle=True`` loader gives another order after a resume (this test
+    documents the pitfall; if it ever fails, PyTorch changed its sampler and the sampler may be simplified)."""
+
+    def orders(start_epoch: int) -> list[int]:
+        generator = torch.Generator()
+        loader = DataLoader(list(range(6)), batch_size=2, shuffle=True, generator=generator)
+        seen: list[int] = []
+        engine = Engine(lambda engine, batch: seen.extend(batch.tolist()) if engine.state.epoch == 3 else None)
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda engine: generator.manual_seed(engine.state.epoch))
+        if start_epoch:
+            engine.load_state_dict({"epoch": start_epoch, "max_epochs": 3, "epoch_length": len(loader)})
+        engine.run(loader, max_epochs=3)
+        return seen
+
+    assert orders(0) != orders(2)
+
+
+def test_epoch_shuffle_sampler_is_a_permutation_per_epoch() -> None:
+    sampler = EpochShuffleSampler(range(10), seed=3)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert sorted(first) == sorted(second) == list(range(10)) and first != second and len(sampler) == 10
+    sampler.set_epoch(0)
+    assert list(sampler) == first
 
 
 def test_epoch_seeder_sets_dataset_epoch() -> None:
