@@ -25,15 +25,10 @@ Outputs: ``<output>/<case_id>/prediction.json``, ``heatmap_<slide_id>.png``, ``f
 ``<output>/summary.csv`` (``case_id, status, reason, ...``). A bad slide fails its patient only. The exit status is
 0 when every patient is done, 1 otherwise.
 
-cuCIM's tile cache is off in the app (:mod:`cucim_cache`: it returned wrong pixels in a long multi-slide run).
 The app sits above the bundles: ``monai_ext`` never imports it.
 """
 
 from __future__ import annotations
-
-import cucim_cache  # noqa: F401 - first: cuCIM's tile cache off before cuCIM loads (see the module)
-
-# isort: split
 
 import monai_ext  # noqa: F401 - silences native library banners before MONAI loads
 

@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 from monai.utils import optional_import
 
-# cuCIM reads its configuration once, when it loads, from $CUCIM_CONFIG_PATH: point it at ours (a 128 MB per-process
-# tile cache, which speeds up unaligned reads ~3x) unless the user chose a file. The Python `CuImage.cache()` call
-# had no effect in cuCIM 26.10.
+# cuCIM reads its configuration once, when it loads, from $CUCIM_CONFIG_PATH: point it at ours unless the user chose
+# a file. Ours turns the tile cache off. With cuCIM 26.10's per-process cache on, reading one demo slide's thumbnail
+# made a later read of another slide's thumbnail return mostly white pixels in the same process (reproduced on
+# two files of a 16-patient demo cohort; the cache speeds unaligned reads up ~3x, see docs/performance.md, but
+# wrong pixels are not a price we pay). The Python `CuImage.cache()` call had no effect in cuCIM 26.10.
 CUCIM_CONFIG = Path(__file__).resolve().parents[1] / "resources" / "cucim.json"
 os.environ.setdefault("CUCIM_CONFIG_PATH", str(CUCIM_CONFIG))
 
