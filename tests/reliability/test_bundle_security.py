@@ -31,7 +31,7 @@ from monai.handlers import CheckpointLoader
 
 from monai_ext.engines.bundle_archive import BundleArchiveError, pack_bundle, unpack_bundle
 from monai_ext.engines.config_trust import UntrustedConfigError
-from tests.engines.test_bundle_archive import FIRST_PARTY_PREFIXES, SURVIVAL, make_tiny_bundle
+from tests.engines.test_bundle_archive import SURVIVAL, make_tiny_bundle
 from tests.reliability.conftest import REPO
 
 BUNDLES = sorted(path.name for path in (REPO / "bundles").iterdir() if (path / "configs" / "train.json").is_file())
@@ -145,11 +145,11 @@ def test_third_party_config_outside_allow_list_refused(tmp_path):
     train["loss"] = {"_target_": "subprocess.Popen", "args": ["id"]}
     (bundle / "configs" / "train.json").write_text(json.dumps(train))
     with pytest.raises(UntrustedConfigError, match=r"train\.json: loss#_target_: _target_ 'subprocess.Popen'"):
-        pack_bundle(bundle, tmp_path / "dist", trust_third_party=False, allowed_prefixes=FIRST_PARTY_PREFIXES)
+        pack_bundle(bundle, tmp_path / "dist", trust_third_party=False)
     zip_path = pack_bundle(bundle, tmp_path / "dist")  # its author packs it as first-party
     dest = tmp_path / "zoo"
     with pytest.raises(UntrustedConfigError) as err:
-        unpack_bundle(zip_path, dest, allowed_prefixes=FIRST_PARTY_PREFIXES)
+        unpack_bundle(zip_path, dest)
     assert err.value.findings == [
         "train.json: loss#_target_: _target_ 'subprocess.Popen' resolves to 'subprocess.Popen'"
     ]
