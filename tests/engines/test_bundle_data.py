@@ -21,35 +21,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monai_ext.data.demo import make_demo_cohort
 from monai_ext.data.survival_bins import make_time_bins
 from monai_ext.engines.bundle_data import BundleData, ensure_cohort, load_spec, time_bin_edges
-from monai_ext.wsi.store import write_features
+from tests.engines.conftest import RANDOM_FEATURE_DIM
 
 EXTRA = ("label", "slide_stage", "patient_stage", "slide_path")
-FEATURE_DIM = 8
-
-
-@pytest.fixture(scope="module")
-def cohort_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 20-patient demo manifest with random feature files (no slide pipeline: fast)."""
-    root = tmp_path_factory.mktemp("cohort")
-    make_demo_cohort(root, n_patients=20, seed=0, slide_size=(256, 256), extract=False)
-    manifest = pd.read_csv(root / "manifest.csv")
-    rng = np.random.default_rng(0)
-    for row in manifest.itertuples():
-        n = int(rng.integers(3, 9))
-        write_features(
-            root / row.features_path,
-            rng.normal(size=(n, FEATURE_DIM)).astype(np.float32),
-            rng.integers(0, 256, size=(n, 2)),
-            slide_id=row.slide_id,
-            encoder="builtin_cnn@seed0",
-            patch_size=256,
-            mpp=0.5,
-            level=0,
-        )
-    return root
+FEATURE_DIM = RANDOM_FEATURE_DIM  # the width of the shared cohort_dir fixture
 
 
 def _data(root: Path, models: Path, **kwargs: object) -> BundleData:

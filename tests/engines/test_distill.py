@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from monai_ext.data.collate import collate_multimodal
-from monai_ext.data.demo import make_demo_cohort
 from monai_ext.engines.crossval import fold_metrics
 from monai_ext.engines.distill import (
     DistillSettings,
@@ -44,9 +42,9 @@ from monai_ext.engines.predict import predict
 from monai_ext.engines.task_loss import TaskLoss
 from monai_ext.losses.distillation import ContrastiveDistillationLoss, LogitKDLoss, gradient_agreement_weights
 from monai_ext.losses.lowrank import LowRankLoss
-from monai_ext.wsi.store import write_features
+from tests.engines.conftest import RANDOM_FEATURE_DIM
 
-WSI_DIM = 8
+WSI_DIM = RANDOM_FEATURE_DIM  # the width of the shared cohort_dir fixture
 DIMS = {"wsi": WSI_DIM, "omics": 6, "clinical": 3}
 
 
@@ -221,28 +219,6 @@ def test_early_stopping_restores_the_best_validation_weights() -> None:
     fit = train_with_loss(student, loss_fn, train, val, task="classification", epochs=30, patience=2, lr=1e-2)
     assert fit["epochs_run"] == fit["best_epoch"] + 2 < 30  # the labels are easy: validation AUC peaks early
     assert fold_metrics("classification", predict(student, val))["auc"] == pytest.approx(fit["val_metric"])
-
-
-@pytest.fixture(scope="module")
-def cohort_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 20-patient demo manifest with random feature files (no slide pipeline: fast)."""
-    root = tmp_path_factory.mktemp("distill_cohort")
-    make_demo_cohort(root, n_patients=20, seed=0, slide_size=(256, 256), extract=False)
-    manifest = pd.read_csv(root / "manifest.csv")
-    rng = np.random.default_rng(0)
-    for row in manifest.itertuples():
-        n = int(rng.integers(3, 9))
-        write_features(
-            root / row.features_path,
-            rng.normal(size=(n, WSI_DIM)).astype(np.float32),
-            rng.integers(0, 256, size=(n, 2)),
-            slide_id=row.slide_id,
-            encoder="builtin_cnn@seed0",
-            patch_size=256,
-            mpp=0.5,
-            level=0,
-        )
-    return root
 
 
 @pytest.mark.parametrize(
