@@ -23,7 +23,7 @@ or from a column of the table, class names listed in class-index order::
         --label_column oncotree_code --classes IDC,ILC --out_dir runs/subtyping_brca
 
 Writes ``results.csv`` (per model and fold), ``summary.csv`` / ``summary.md`` (mean +/- std over folds), ``folds.csv``
-(the test fold of each patient) and ``predictions.csv`` (out-of-fold probabilities).
+(the test fold of each patient, all folds even with ``--folds``) and ``predictions.csv`` (out-of-fold probabilities).
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def main(
         raise ValueError(f"no labelled patient of {labels or label_column} is in {table}: check --id_key")
     counts = patients["label"].value_counts().sort_index().to_dict()
     logger.info("%s: %d patients with genes and a label, per class %s", name, len(patients), counts)
-    fold_list = stratified_patient_folds(patients.index, patients["label"], settings.n_folds, settings.seed)[:folds]
+    all_folds = stratified_patient_folds(patients.index, patients["label"], settings.n_folds, settings.seed)
+    fold_list = all_folds[:folds]
     specs = default_subtyping_models()
     if models is not None:
         wanted = models.split(",") if isinstance(models, str) else list(models)
@@ -128,7 +129,7 @@ def main(
     )
     summary = summarize_subtyping(results)
     pd.DataFrame(
-        [(case, k) for k, fold in enumerate(fold_list) for case in fold.test], columns=["case_id", "fold"]
+        [(case, k) for k, fold in enumerate(all_folds) for case in fold.test], columns=["case_id", "fold"]
     ).to_csv(out / "folds.csv", index=False)
     results.to_csv(out / "results.csv", index=False)
     predictions.to_csv(out / "predictions.csv", index=False)
