@@ -17,10 +17,11 @@ into stratified, patient-grouped folds (scikit-learn ``StratifiedGroupKFold``, f
 scaler, the clinical encoder and the RNA gene selection are fitted on the training patients only; networks stop
 early on the AUC of an inner split of the training fold, never on the test fold.
 
-Baselines: L2 logistic regression (scikit-learn) on the most variable training RNA genes + age, and on the clinical
-vector alone. Models: :class:`monai_ext.networks.multimodal.MultimodalModel` with an SNN genomics encoder
-(Klambauer et al. 2017, https://arxiv.org/abs/1706.02515), with or without the clinical vector (concat fusion),
-trained with class-weighted cross-entropy. Metrics: ROC AUC and balanced accuracy (threshold 0.5 on the
+Baselines: L2 logistic regression (scikit-learn) on the most variable training RNA genes + age, on the clinical
+vector alone, and on every gene + the clinical vector (the SNN + clinical network's own inputs). Models:
+:class:`monai_ext.networks.multimodal.MultimodalModel` with an SNN genomics encoder (Klambauer et al. 2017,
+https://arxiv.org/abs/1706.02515), with or without the clinical vector (concat fusion), trained with class-weighted
+cross-entropy. Metrics: ROC AUC and balanced accuracy (threshold 0.5 on the
 positive-class probability) per test fold.
 """
 
@@ -230,7 +231,8 @@ class SubtypingFold:
         labels: class index per part ``[N]``.
         omics: scaled gene matrix per part ``[N, G]`` (float32).
         clinical: encoded clinical matrix per part ``[N, C]`` (float32).
-        rna_age: selected RNA genes + standardised age per part ``[N, R + 1]`` (for the logistic regression).
+        rna_age: the ``logistic_genes`` RNA genes of highest raw training variance (z-scored) + standardised age
+            per part ``[N, R + 1]`` (for the logistic regression).
     """
 
     parts: dict[str, np.ndarray]
@@ -273,7 +275,9 @@ def build_subtyping_fold(
     scaler = GeneScaler().fit(genes[columns], training)
     scaled = pd.DataFrame(scaler.transform(genes[columns])[0], index=genes.index, columns=scaler.genes)
     rna = gene_columns(scaler.genes, ("_rnaseq",))
-    top_rna = scaled.loc[training, rna].var().sort_values(ascending=False).index[: settings.logistic_genes]
+    # variance of the raw training values: after z-scoring every gene has variance 1 and the ranking is noise
+    raw_variance = genes.loc[training, rna].astype(float).var()
+    top_rna = raw_variance.sort_values(ascending=False, kind="stable").index[: settings.logistic_genes]
     age = patients["age"].astype(float)
     age = ((age - age.loc[training].mean()) / (age.loc[training].std(ddof=0) or 1.0)).fillna(0.0)
     clinical_columns, categorical, ordinal = clinical_spec(patients)
@@ -299,14 +303,18 @@ def logistic_baseline(fold: SubtypingFold, settings: SubtypingSettings, *, featu
     Args:
         fold: the fold inputs.
         settings: benchmark settings (``logistic_c``).
-        features: ``"rna_age"`` (selected RNA genes + age) or ``"clinical"`` (the clinical vector).
+        features: ``"rna_age"`` (selected RNA genes + age), ``"clinical"`` (the clinical vector) or
+            ``"genes_clinical"`` (every gene + the clinical vector: the inputs of the SNN + clinical network).
 
     Returns:
         ``[N_test]`` positive-class probabilities.
     """
-    if features not in ("rna_age", "clinical"):
-        raise ValueError(f"features must be 'rna_age' or 'clinical', got {features!r}")
-    values = getattr(fold, features)
+    if features not in ("rna_age", "clinical", "genes_clinical"):
+        raise ValueError(f"features must be 'rna_age', 'clinical' or 'genes_clinical', got {features!r}")
+    if features == "genes_clinical":
+        values = {part: np.concatenate([fold.omics[part], fold.clinical[part]], axis=1) for part in fold.parts}
+    else:
+        values = getattr(fold, features)
     model = LogisticRegression(C=settings.logistic_c, class_weight="balanced", max_iter=5000)
     model.fit(fold.training(values), fold.training(fold.labels))
     return model.predict_proba(values["test"])[:, 1]
@@ -407,6 +415,7 @@ def summarize_subtyping(results: pd.DataFrame) -> pd.DataFrame:
 SUBTYPING_BASELINES: dict[str, Callable[[SubtypingFold, SubtypingSettings], np.ndarray]] = {
     "logreg_rna_age": lambda fold, settings: logistic_baseline(fold, settings, features="rna_age"),
     "logreg_clinical": lambda fold, settings: logistic_baseline(fold, settings, features="clinical"),
+    "logreg_genes_clinical": lambda fold, settings: logistic_baseline(fold, settings, features="genes_clinical"),
 }
 
 

@@ -48,14 +48,14 @@ FAST = SubtypingSettings(dim=32, epochs=25, patience=25, lr=2e-3, batch_size=32,
 
 
 def write_subtyping_cohort(folder: Path, n_patients: int = 200, seed: int = 0) -> dict[str, Path]:
-    """A TCGA-format table whose class (``oncotree_code`` ``AAA`` = 0, ``BBB`` = 1, about 30 % positive, a few
-    ``CCC`` left unlabelled) depends on three RNA genes and age; 20 patients have two slides. Also a json label
-    folder (patients keyed by ``case_submitter_id``, ``-1`` for ``CCC``)."""
+    """A TCGA-format table whose class (``oncotree_code`` ``AAA`` = 0, ``BBB`` = 1, a few ``CCC`` left
+    unlabelled) depends on age and the three RNA genes of highest variance; 20 patients have two slides. Also a
+    json label folder (patients keyed by ``case_submitter_id``, ``-1`` for ``CCC``)."""
     rng = np.random.default_rng(seed)
     cases = [f"TCGA-YY-{i:04d}" for i in range(n_patients)]
-    rna = rng.normal(size=(n_patients, 30))
+    rna = rng.normal(size=(n_patients, 30)) * np.r_[np.full(3, 3.0), np.ones(27)]
     age = rng.normal(60, 10, n_patients)
-    logit = 2.0 * rna[:, 0] - 1.5 * rna[:, 1] + 1.5 * rna[:, 2] + 0.05 * (age - 60) - 1.2
+    logit = (2.0 * rna[:, 0] - 1.5 * rna[:, 1] + 1.5 * rna[:, 2]) / 3.0 + 0.05 * (age - 60) - 1.2
     label = (rng.uniform(size=n_patients) < 1 / (1 + np.exp(-logit))).astype(int)
     code = np.where(label == 1, "BBB", "AAA")
     code[rng.choice(n_patients, 8, replace=False)] = "CCC"
@@ -148,6 +148,10 @@ def test_fold_inputs_fitted_on_training_only(cohort: dict) -> None:
     genes_changed = genes.copy()
     genes_changed.loc[fold.test] += 5.0
     again = build_subtyping_fold(changed, genes_changed, fold, FAST, seed=0)
+    raw_rna = genes.loc[training, [c for c in genes.columns if c.endswith("_rnaseq")]]
+    top = raw_rna.var().sort_values(ascending=False).index[: FAST.logistic_genes]
+    expected = (genes.loc[fold.test, top] - raw_rna[top].mean()) / raw_rna[top].std(ddof=0)
+    np.testing.assert_allclose(inputs.rna_age["test"][:, :-1], expected.to_numpy(), rtol=1e-4, atol=1e-4)
     for name in ("omics", "clinical", "rna_age"):
         np.testing.assert_allclose(getattr(again, name)["train"], getattr(inputs, name)["train"])
         np.testing.assert_allclose(getattr(again, name)["val"], getattr(inputs, name)["val"])
@@ -218,7 +222,7 @@ def test_run_and_summarize(cohort: dict) -> None:
     results, predictions = run_subtyping_benchmark(
         cohort["patients"], cohort["genes"], folds, models=[ClassifierSpec("snn", False)], settings=settings
     )
-    assert list(results["model"].unique()) == ["logreg_rna_age", "logreg_clinical", "snn"]
+    assert list(results["model"].unique()) == ["logreg_rna_age", "logreg_clinical", "logreg_genes_clinical", "snn"]
     for (model, k), rows in predictions.groupby(["model", "fold"]):
         row = results[(results["model"] == model) & (results["fold"] == k)].iloc[0]
         assert row["auc"] == pytest.approx(roc_auc_score(rows["label"], rows["probability"]))
