@@ -73,7 +73,7 @@ def test_command_line_over_the_demo_cohort(deploy_sdk: None, survival_bundle: Pa
     assert result.returncode == 1, result.stderr[-4000:]  # one patient failed
     rows = _summary(out)
     statuses = {case_id: row["status"] for case_id, row in rows.items()}
-    # every demo patient is done (with cuCIM's tile cache on, one failed on a wrong thumbnail: see monai_ext/wsi/backends.py)
+    # every demo patient is done (cuCIM's tile cache, now off, once failed one: see monai_ext/wsi/backends.py)
     assert statuses == {"BROKEN": "failed", **dict.fromkeys(manifest["case_id"], "done")}
     assert str(broken) in rows["BROKEN"]["reason"]
     reference = BundleRunner(survival_bundle, tmp_path / "reference", omics=data / "omics.csv")
