@@ -15,8 +15,9 @@ also evaluated with each modality removed at test time.
 A method is a named :class:`Method` in the :data:`METHODS` registry: which tasks it applies to, which modalities it
 reads, how to build its network for a fold (:class:`FoldContext` gives the input sizes, the fold's datasets and the
 settings) and, optionally, how to train it (default: :func:`monai_ext.engines.fit.fit_model` with early stopping
-on an inner validation split). New methods (ModalTune, a low-rank teacher, a distilled student) join with
-:func:`register_method`; a method with its own training (e.g. a teacher then a student) gives ``train``.
+on an inner validation split). New methods join with :func:`register_method`; a method with its own training
+(e.g. a teacher then a student) gives ``train``. ModalTune, the low-rank teacher and the WSI-only students
+(plain and distilled) live in :mod:`monai_ext.engines.compare_methods_extra`, registered when this module loads.
 
 For each task, seed and patient-grouped fold (:func:`monai_ext.data.splits.patient_kfold`, stratified), the omics
 scaler, clinical encoder and survival bins are fitted on the fold's training patients only (as in
@@ -192,6 +193,9 @@ class FoldContext:
         train_data: training patients (with ``slide_label`` for staging).
         val_data: inner validation patients.
         test_data: held-out patients.
+        make_dataset: ``make_dataset(part, max_patches) -> Dataset``: the fold's ``"train"``, ``"val"`` or
+            ``"test"`` patients with this method's modalities and preprocessing, capped at ``max_patches`` patches
+            per patient (None: full bags, e.g. for a teacher's outputs on its training patients).
     """
 
     task: str
@@ -206,6 +210,7 @@ class FoldContext:
     train_data: Dataset
     val_data: Dataset
     test_data: Dataset
+    make_dataset: Callable[[str, int | None], Dataset] | None = None
 
 
 @dataclass(frozen=True)
@@ -350,6 +355,7 @@ def _slides_abmil(context: FoldContext) -> SlideToPatientModel:
 
 
 ALL_TASKS = tuple(DEMO_TASKS)
+PARTS = ("train", "val", "test")
 DEFAULT_METHODS = (
     Method(
         "wsi_abmil",
@@ -580,8 +586,8 @@ def _run_method(
         categorical=spec.categorical if "clinical" in names else (),
     )
     inputs = _fold_inputs(cohort, fold, fold_settings, run_dir, omics, cohort.patient_table())
-    datasets = {}
-    for part in ("train", "val", "test"):
+
+    def make_dataset(part: str, max_patches: int | None) -> Dataset:
         data: Dataset = MultimodalDataset(
             cohort,
             getattr(fold, part),
@@ -590,12 +596,14 @@ def _run_method(
             clinical=inputs["clinical"],
             text=texts,
             time_bin_edges=inputs["edges"],
-            max_patches=settings.max_patches if part == "train" else None,
+            max_patches=max_patches,
             seed=seed,
         )
         if spec.cohort_task == "staging":
             data = WithSlideLabels(data, width=int(cohort.slide_table.groupby("case_id").size().max()))
-        datasets[part] = data
+        return data
+
+    datasets = {part: make_dataset(part, settings.max_patches if part == "train" else None) for part in PARTS}
     probe = datasets["train"][0]
     dims = {name: int(probe[name].shape[-1]) for name in ("wsi", "omics", "clinical", "text") if name in probe}
     if spec.fit_task == "survival":
@@ -615,6 +623,7 @@ def _run_method(
         train_data=datasets["train"],
         val_data=datasets["val"],
         test_data=datasets["test"],
+        make_dataset=make_dataset,
     )
     torch.manual_seed(seed)
     model = method.build(context)
@@ -663,3 +672,7 @@ def _mean_std(values: pd.Series) -> str:
     if len(values) == 1:
         return f"{values.iloc[0]:.3f}"
     return f"{values.mean():.3f} +/- {values.std(ddof=1):.3f}"
+
+
+# the extra methods register themselves into METHODS; imported last because they build on the names above
+from monai_ext.engines import compare_methods_extra  # noqa: E402, F401
