@@ -42,13 +42,13 @@ from monai_ext.engines.distill import (
     build_student,
     build_teacher,
     distillation_loss,
+    student_kd_loss,
     teacher_bank,
     teacher_loss,
     train_with_loss,
     wsi_inputs,
 )
 from monai_ext.engines.task_loss import TaskLoss
-from monai_ext.losses.distillation import ContrastiveDistillationLoss, LogitKDLoss
 from monai_ext.losses.lowrank import LowRankLoss
 from monai_ext.networks.modaltune import build_modaltune
 from monai_ext.networks.multimodal import MultimodalModel
@@ -191,27 +191,8 @@ def _train_kd(model: nn.Module, context: FoldContext) -> nn.Module:
     settings = distill_settings(context)
     teacher = _train_teacher(_teacher(context), context)
     bank = teacher_bank(teacher, context.make_dataset("train", None), settings.model_task, settings.device)
-    student = model.student
-    crd = ContrastiveDistillationLoss(
-        student.embedding_dim,
-        teacher.embedding_dim,
-        proj_dim=settings.proj_dim,
-        temperature=settings.crd_temperature,
-    ).to(settings.device)
-    kd = LogitKDLoss(
-        settings.model_task, temperature=settings.temperature, survival=settings.survival_kd, reduction="none"
-    )
-    loss_fn = distillation_loss(
-        student,
-        TaskLoss(settings.task).to(settings.device),
-        bank,
-        kd=kd,
-        crd=crd,
-        kd_weight=settings.kd_weight,
-        crd_weight=settings.crd_weight,
-        modulation=settings.modulation,
-        device=settings.device,
-    )
+    task_loss = TaskLoss(settings.task).to(settings.device)
+    loss_fn, crd = student_kd_loss(model.student, teacher, bank, task_loss, settings, settings.device)
     train_with_loss(
         model,
         loss_fn,

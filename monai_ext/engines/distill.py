@@ -74,6 +74,7 @@ __all__ = [
     "modality_stack",
     "run_teacher_student",
     "settings_dict",
+    "student_kd_loss",
     "teacher_bank",
     "teacher_loss",
     "train_with_loss",
@@ -314,6 +315,53 @@ def teacher_bank(teacher: nn.Module, data: Dataset, model_task: str, device: str
         outputs.append(_kd_outputs(output, model_task)[0])
         embeddings.append(output["embedding"][0])
     return TeacherBank(torch.stack(outputs), torch.stack(embeddings), rows)
+
+
+def student_kd_loss(
+    student: MultimodalModel,
+    teacher: nn.Module,
+    bank: TeacherBank,
+    task_loss: nn.Module,
+    settings: DistillSettings,
+    device: str | torch.device,
+    record: list[float] | None = None,
+) -> tuple[Callable[[dict[str, Any]], Tensor], ContrastiveDistillationLoss]:
+    """The distilled student's loss as ``settings`` describe it: logit KD and CRD against ``bank``.
+
+    Args:
+        student: the pathology-only model.
+        teacher: the trained teacher (its ``embedding_dim`` sizes the CRD projection).
+        bank: the teacher's outputs for the training patients.
+        task_loss: ``task_loss(output, targets) -> scalar``.
+        settings: KD temperature and survival form, CRD projection and temperature, weights, modulation.
+        device: where the CRD heads live.
+        record: see :func:`distillation_loss`.
+
+    Returns:
+        The loss function and the CRD module, whose projection heads train with the student.
+    """
+    crd = ContrastiveDistillationLoss(
+        student.embedding_dim,
+        teacher.embedding_dim,
+        proj_dim=settings.proj_dim,
+        temperature=settings.crd_temperature,
+    ).to(device)
+    kd = LogitKDLoss(
+        settings.model_task, temperature=settings.temperature, survival=settings.survival_kd, reduction="none"
+    )
+    loss_fn = distillation_loss(
+        student,
+        task_loss,
+        bank,
+        kd=kd,
+        crd=crd,
+        kd_weight=settings.kd_weight,
+        crd_weight=settings.crd_weight,
+        modulation=settings.modulation,
+        device=device,
+        record=record,
+    )
+    return loss_fn, crd
 
 
 def distillation_loss(
@@ -610,27 +658,7 @@ def _run(data: BundleData, settings: DistillSettings, seed: int) -> dict[str, di
         record: list[float] = []
         crd = None
         if name == "student_kd":
-            crd = ContrastiveDistillationLoss(
-                student.embedding_dim,
-                teacher.embedding_dim,
-                proj_dim=settings.proj_dim,
-                temperature=settings.crd_temperature,
-            ).to(device)
-            kd = LogitKDLoss(
-                settings.model_task, temperature=settings.temperature, survival=settings.survival_kd, reduction="none"
-            )
-            loss_fn = distillation_loss(
-                student,
-                loss_task,
-                bank,
-                kd=kd,
-                crd=crd,
-                kd_weight=settings.kd_weight,
-                crd_weight=settings.crd_weight,
-                modulation=settings.modulation,
-                device=device,
-                record=record,
-            )
+            loss_fn, crd = student_kd_loss(student, teacher, bank, loss_task, settings, device, record=record)
         else:
             loss_fn = distillation_loss(student, loss_task, None, device=device)
         fit = train_with_loss(
