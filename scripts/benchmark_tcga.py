@@ -48,6 +48,7 @@ from monai_ext.engines.tcga_benchmark import (
     default_models,
     patient_table,
     run_survival_benchmark,
+    select_models,
     summarize,
 )
 
@@ -143,13 +144,7 @@ def main(
     tcga = read_tcga_table(table)
     patients = patient_table(tcga, read_clinical(clinical, on_conflict="drop") if clinical else None)
     fold_list = read_published_splits(splits, val_as="test")[:folds]
-    specs = default_models()
-    if models is not None:
-        wanted = models.split(",") if isinstance(models, str) else list(models)
-        unknown = sorted(set(wanted) - {spec.name for spec in specs})
-        if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; choose among {[spec.name for spec in specs]}")
-        specs = [spec for spec in specs if spec.name in wanted]
+    specs = select_models(default_models(), models)
     baselines = {**BASELINES, "rsf_rna_age": random_survival_forest} if rsf else BASELINES
     results, predictions = run_survival_benchmark(
         patients, tcga.genes, fold_list, models=specs, baselines=baselines, cohort=name

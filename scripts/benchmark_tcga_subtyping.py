@@ -36,7 +36,7 @@ import fire
 import pandas as pd
 
 from monai_ext.data.tcga import read_clinical, read_tcga_table
-from monai_ext.engines.tcga_benchmark import patient_table
+from monai_ext.engines.tcga_benchmark import patient_table, select_models
 from monai_ext.engines.tcga_subtyping import (
     SubtypingSettings,
     default_subtyping_models,
@@ -117,13 +117,7 @@ def main(
     logger.info("%s: %d patients with genes and a label, per class %s", name, len(patients), counts)
     all_folds = stratified_patient_folds(patients.index, patients["label"], settings.n_folds, settings.seed)
     fold_list = all_folds[:folds]
-    specs = default_subtyping_models()
-    if models is not None:
-        wanted = models.split(",") if isinstance(models, str) else list(models)
-        unknown = sorted(set(wanted) - {spec.name for spec in specs})
-        if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; choose among {[spec.name for spec in specs]}")
-        specs = [spec for spec in specs if spec.name in wanted]
+    specs = select_models(default_subtyping_models(), models)
     results, predictions = run_subtyping_benchmark(
         patients, tcga.genes, fold_list, models=specs, settings=settings, cohort=name
     )

@@ -30,6 +30,7 @@ import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,6 +59,7 @@ __all__ = [
     "evaluate_survival",
     "patient_table",
     "run_survival_benchmark",
+    "select_models",
     "summarize",
     "train_network",
 ]
@@ -123,6 +125,22 @@ class ModelSpec:
     omics_encoder: str
     clinical: bool
     loss: str
+
+
+def select_models(specs: Sequence[Any], wanted: str | Sequence[str] | None) -> list[Any]:
+    """The specs (anything with a ``name``) whose names are in ``wanted`` (comma-separated or a list), in their
+    original order; all of them when ``wanted`` is None.
+
+    Raises:
+        ValueError: a wanted name that is not among the specs, listing the choices.
+    """
+    if wanted is None:
+        return list(specs)
+    names = wanted.split(",") if isinstance(wanted, str) else list(wanted)
+    unknown = sorted(set(names) - {spec.name for spec in specs})
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; choose among {[spec.name for spec in specs]}")
+    return [spec for spec in specs if spec.name in names]
 
 
 def default_models() -> list[ModelSpec]:
