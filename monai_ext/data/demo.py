@@ -19,15 +19,19 @@ The data-generating story (every number below is a module constant, written into
   CAMELYON17 slide proportions and nodes of one patient stay correlated as in the real data; patterns are drawn by
   systematic sampling in blocks of 25 patients, so even a small cohort keeps the real mix. The pN stage follows
   from the slide stages by the CAMELYON17 rule (:func:`patient_stage`); pN2 needs four positive nodes, so it only
-  appears with ``max_slides_per_patient`` of 4 or 5.
+  appears with ``max_slides_per_patient`` of 4 or 5. With ``report_unscanned_nodes`` every patient keeps all five
+  nodes of its pattern, only the first ones are scanned, and the pathology report gives the stages of the others as
+  counts (``unscanned_itc``, ``unscanned_micro``, ``unscanned_macro``); the pN stage then follows from all five
+  nodes, so the slides and the report each hold part of it and only together give it exactly.
 - **Survival.** A latent risk ``r = 0.8 * burden + 0.7 * proliferation + 0.025 * (age - 62)`` sets a Weibull
   hazard (shape 1.4, scale 60 months at ``r = 0``); ``burden`` is the standardized log tumor load of the slides
   (negative 0, ITC 0.5, micro 1.5, macro 3 per node) and ``proliferation`` a standard normal omics program. Follow-up
   ends at a uniform censoring time (24-150 months), so about a third of the patients are censored.
-- **Subtype** (``label`` 0/1, balanced in pairs of patients) drives a second omics program (a shift of +-0.5 with
+- **Subtype** (``label`` 0/1, balanced in pairs of patients) drives a second omics program (a shift of +-0.75 with
   N(0, 0.5) noise; 10% of patients express the other subtype's program), CNV/mutation rates, and text cues in
-  the notes. The slides carry no subtype information: staging and survival come from the slides, subtype from omics
-  and text, so fusion has something to fuse.
+  the notes; the program and the notes are about equally informative and independent given the subtype. The
+  slides carry no subtype information: staging and survival come from the slides, subtype from omics and text, so
+  fusion has something to fuse.
 - **Omics** (``omics.csv``): 120 ``<SYMBOL>_rnaseq`` columns with real symbols of the shipped MSigDB Hallmark sets
   (proliferation genes from G2M checkpoint / E2F targets, subtype genes from the estrogen-response sets, nuisance
   genes following three unrelated latent factors), each gene with its own mean and scale, and a few ``_cnv`` /
@@ -73,11 +77,12 @@ __all__ = [
     "node_patterns",
     "patient_stage",
     "sample_node_stages",
+    "shuffle_nodes",
 ]
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: subtype shift 0.75 (was 0.5), optional report of unscanned nodes
 ENCODER = "builtin_cnn"
 SLIDE_MPP = 0.5
 # The CAMELYON17 training set, measured from its splits/output.csv (100 patients x 5 lymph nodes): key = number of
@@ -120,7 +125,7 @@ AGE_CENTER = 62.0
 WEIBULL_SHAPE, WEIBULL_SCALE_MONTHS = 1.4, 60.0
 CENSOR_MONTHS = (24.0, 150.0)
 # subtype and omics
-SUBTYPE_SHIFT, SUBTYPE_SPREAD, SUBTYPE_DISCORDANCE = 0.5, 0.5, 0.10
+SUBTYPE_SHIFT, SUBTYPE_SPREAD, SUBTYPE_DISCORDANCE = 0.75, 0.5, 0.10
 PROGRAMS: dict[str, tuple[tuple[str, ...], int]] = {  # program -> (hallmark gene sets it draws from, genes)
     "proliferation": (("HALLMARK_G2M_CHECKPOINT", "HALLMARK_E2F_TARGETS"), 20),
     "subtype": (("HALLMARK_ESTROGEN_RESPONSE_EARLY", "HALLMARK_ESTROGEN_RESPONSE_LATE"), 15),
@@ -234,8 +239,14 @@ def draw_patterns(
     return [keys[int(i)] for i in rng.permutation(chosen)]
 
 
+def shuffle_nodes(rng: np.random.Generator, pattern: tuple[int, int, int, int]) -> list[str]:
+    """The stages of all nodes of ``pattern`` (``(negative, itc, micro, macro)`` counts) in random order."""
+    nodes = [stage for stage, count in zip(SLIDE_STAGES, pattern, strict=True) for _ in range(count)]
+    return [str(stage) for stage in rng.permutation(nodes)]
+
+
 def sample_node_stages(rng: np.random.Generator, n_slides: int, pattern: tuple[int, int, int, int]) -> list[str]:
-    """Stages of ``n_slides`` nodes of one patient: the nodes of ``pattern``, shuffled, the first ``n_slides``.
+    """Stages of ``n_slides`` nodes of one patient: the first ``n_slides`` of :func:`shuffle_nodes`.
 
     With patterns drawn in proportion to their counts, each slide is a uniformly chosen node of a reference patient,
     so slide stages have the reference's slide proportions while nodes of one patient stay correlated.
@@ -248,10 +259,9 @@ def sample_node_stages(rng: np.random.Generator, n_slides: int, pattern: tuple[i
     Raises:
         ValueError: ``n_slides`` outside 1..nodes of the pattern.
     """
-    nodes = [stage for stage, count in zip(SLIDE_STAGES, pattern, strict=True) for _ in range(count)]
-    if not 1 <= n_slides <= len(nodes):
-        raise ValueError(f"n_slides must be between 1 and {len(nodes)} (nodes of {pattern}), got {n_slides}")
-    return [str(stage) for stage in rng.permutation(nodes)[:n_slides]]
+    if not 1 <= n_slides <= sum(pattern):
+        raise ValueError(f"n_slides must be between 1 and {sum(pattern)} (nodes of {pattern}), got {n_slides}")
+    return shuffle_nodes(rng, pattern)[:n_slides]
 
 
 def make_demo_cohort(
@@ -264,6 +274,7 @@ def make_demo_cohort(
     extract: bool = True,
     progress: bool = False,
     stage_reference: str | Path | None = None,
+    report_unscanned_nodes: bool = False,
 ) -> Path:
     """Write (or complete) the demo cohort under ``root``; idempotent and resumable.
 
@@ -285,6 +296,9 @@ def make_demo_cohort(
         progress: show a progress bar while writing slides.
         stage_reference: CAMELYON17 ``output.csv`` to draw node stages from (default: the patterns measured from
             it, :data:`CAMELYON17_NODE_PATTERNS`).
+        report_unscanned_nodes: the pN stage counts all nodes of a patient's pattern, the scanned ones (the slides)
+            and the others, whose stages the manifest gives as counts in ``unscanned_itc``, ``unscanned_micro`` and
+            ``unscanned_macro`` (patient-level columns, e.g. clinical inputs of a staging model).
 
     Returns:
         the path of ``manifest.csv``.
@@ -308,9 +322,10 @@ def make_demo_cohort(
         "max_slides_per_patient": int(max_slides_per_patient),
         "stage_patterns": {"-".join(map(str, key)): count for key, count in patterns.items()},
         "generator_version": GENERATOR_VERSION,
+        "report_unscanned_nodes": bool(report_unscanned_nodes),
     }
     _check_parameters(root / "cohort.json", parameters)
-    manifest, omics, programs = _simulate(n_patients, seed, max_slides_per_patient, patterns)
+    manifest, omics, programs = _simulate(n_patients, seed, max_slides_per_patient, patterns, report_unscanned_nodes)
     root.mkdir(parents=True, exist_ok=True)
     _write_text(root / "cohort.json", json.dumps(_description(parameters, manifest, omics, programs), indent=2) + "\n")
     _write_text(root / "omics.csv", omics.to_csv())
@@ -345,7 +360,11 @@ def _gene_programs() -> dict[str, list[str]]:
 
 
 def _simulate(
-    n_patients: int, seed: int, max_slides: int, patterns: Mapping[tuple[int, int, int, int], int]
+    n_patients: int,
+    seed: int,
+    max_slides: int,
+    patterns: Mapping[tuple[int, int, int, int], int],
+    report_unscanned: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """The manifest (one row per slide), the omics table (index ``case_id``) and the program description."""
     programs = _gene_programs()
@@ -361,7 +380,11 @@ def _simulate(
         label = (index % 2) ^ int(_rng(seed, _PAIR, index // 2).integers(2))
         block, offset = divmod(index, PATTERN_BLOCK)
         pattern = draw_patterns(_rng(seed, _PATTERNS, block), PATTERN_BLOCK, patterns)[offset]
-        stages = sample_node_stages(rng, int(rng.integers(1, max_slides + 1)), pattern)
+        n_slides = int(rng.integers(1, max_slides + 1))
+        nodes = shuffle_nodes(rng, pattern)
+        stages = nodes[:n_slides]
+        report = _unscanned_report(nodes[n_slides:]) if report_unscanned else {}
+        pn_stage = patient_stage(nodes if report_unscanned else stages)
         age = int(np.clip(np.rint(rng.normal(AGE_CENTER, 12.0)), 28, 90))
         sex = "F" if rng.random() < 0.85 else "M"
         factors = {"proliferation": rng.normal()}
@@ -393,10 +416,11 @@ def _simulate(
                     "survival_months": months,
                     "event": event,
                     "slide_stage": stage,
-                    "patient_stage": patient_stage(stages),
+                    "patient_stage": pn_stage,
                     "text": _note(rng, node, label) if has_text else "",
                     "age": age,
                     "sex": sex,
+                    **report,
                 }
             )
     omics = pd.DataFrame.from_dict(omics_rows, orient="index")
@@ -406,6 +430,11 @@ def _simulate(
         name: {f"{gene}_rnaseq": signs[f"{gene}_rnaseq"] for gene in symbols} for name, symbols in programs.items()
     }
     return pd.DataFrame(rows), omics, described
+
+
+def _unscanned_report(stages: Sequence[str]) -> dict[str, int]:
+    """The report's counts of the unscanned nodes by stage (negative nodes are the rest)."""
+    return {f"unscanned_{stage}": sum(node == stage for node in stages) for stage in ("itc", "micro", "macro")}
 
 
 def _sigmoid(x: float) -> float:
@@ -471,10 +500,15 @@ def _description(
             "survival_months": "time to death or censoring",
             "event": "1 = death observed",
             "slide_stage": "negative / itc / micro / macro (slide level)",
-            "patient_stage": "pN stage from the slide stages (CAMELYON17 rule)",
+            "patient_stage": "pN stage by the CAMELYON17 rule, from the slides (and the unscanned nodes if reported)",
             "text": "pathology note of the slide (empty when the patient has none)",
             "age": "years",
             "sex": "F / M (no signal)",
+            **{
+                column: f"{column.split('_')[1]} nodes among the patient's unscanned nodes (pathology report)"
+                for column in manifest.columns
+                if column.startswith("unscanned_")
+            },
         },
         "files": {
             "manifest": "manifest.csv",

@@ -337,3 +337,34 @@ def test_subtype_signal(signal_root: Path) -> None:
     cue = manifest["text"].apply(lambda note: any(c in note for c in models["text_cues"]["1"]))
     rate = cue.groupby(manifest["label"]).mean()
     assert rate[1] > rate[0] > 0.0  # informative but noisy: label-0 notes carry label-1 cues too
+
+
+def test_report_of_unscanned_nodes(signal_root: Path, tmp_path: Path) -> None:
+    """With the report, pN counts all five nodes: the slides' stages plus the reported unscanned ones; the slides
+    themselves are those of the cohort without the report."""
+    root = tmp_path / "reported"
+    make_demo_cohort(
+        root,
+        n_patients=64,
+        seed=0,
+        slide_size=(256, 256),
+        max_slides_per_patient=2,
+        extract=False,
+        report_unscanned_nodes=True,
+    )
+    table, plain = patients(root), patients(signal_root)
+    pd.testing.assert_series_equal(table["stages"], plain["stages"])
+    counts = table[["unscanned_itc", "unscanned_micro", "unscanned_macro"]]
+    assert ((counts.sum(axis=1) + table["stages"].str.len()) <= 5).all()
+    for case_id, row in table.iterrows():
+        unscanned = (
+            ["itc"] * row["unscanned_itc"] + ["micro"] * row["unscanned_micro"] + ["macro"] * row["unscanned_macro"]
+        )
+        negatives = ["negative"] * (5 - len(row["stages"]) - len(unscanned))
+        assert row["patient_stage"] == rule(row["stages"] + unscanned + negatives), case_id
+    from_slides = table["stages"].apply(rule)
+    assert (from_slides != table["patient_stage"]).mean() > 0.2  # the slides alone often miss the stage
+    assert (plain["stages"].apply(rule) == plain["patient_stage"]).all()
+    described = json.loads((root / "cohort.json").read_text())
+    assert described["parameters"]["report_unscanned_nodes"] is True
+    assert "unscanned_macro" in described["columns"]
