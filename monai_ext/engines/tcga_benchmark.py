@@ -17,7 +17,9 @@ Networks stop early on an inner split of the training fold (never on the test fo
 once in :class:`BenchmarkSettings` for every cohort.
 
 Baselines (lifelines, MIT): Cox on age, Cox on age + sex, elastic-net Cox on RNA + age (the
-``enet_genes`` most variable RNA genes of the training fold, as lifelines' elastic net is too slow on ~1,500).
+``enet_genes`` RNA genes most associated with survival in the training fold by the univariate Cox score test,
+:func:`cox_score_screen`, as lifelines' elastic net is too slow on ~1,500; the tables' RNA columns are mostly
+z-scores already, so their variance ranks nothing).
 Models: :class:`monai_ext.networks.multimodal.MultimodalModel` with an SNN (Klambauer et al. 2017,
 https://arxiv.org/abs/1706.02515) or pathway-token (SurvPath, https://arxiv.org/abs/2304.06819) genomics encoder,
 with or without clinical variables, trained with the discrete-time NLL (MCAT, https://arxiv.org/abs/2109.09520) or
@@ -29,13 +31,14 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from lifelines import CoxPHFitter
+from sklearn.model_selection import train_test_split
 
 from monai_ext.data.clinical import ClinicalEncoder
 from monai_ext.data.omics import GeneScaler, gene_columns
@@ -55,9 +58,11 @@ __all__ = [
     "Prediction",
     "build_fold_inputs",
     "cox_baseline",
+    "cox_score_screen",
     "default_models",
     "evaluate_survival",
     "patient_table",
+    "resplit",
     "run_survival_benchmark",
     "select_models",
     "summarize",
@@ -86,7 +91,8 @@ class BenchmarkSettings:
         batch_size: patients per step (the Cox loss needs several per batch).
         n_bins: discrete-time bins (quantiles of uncensored training times).
         val_fraction: part of the training fold held out for early stopping.
-        enet_genes: RNA genes (highest training variance) given to the elastic-net Cox.
+        enet_genes: RNA genes (largest univariate Cox score statistic on the training fold) given to the elastic-net
+            Cox and the random survival forest.
         enet_penalizer: lifelines ``penalizer`` of the elastic-net Cox.
         enet_l1_ratio: lifelines ``l1_ratio`` of the elastic-net Cox.
         seed: random seed.
@@ -119,12 +125,17 @@ class ModelSpec:
         omics_encoder: ``"snn"`` or ``"pathways"``.
         clinical: whether the clinical vector is a second modality.
         loss: ``"nll"`` (discrete-time hazards) or ``"cox"``.
+        members: networks averaged (bagging over inner splits): member ``m`` is trained with seed ``seed + m`` and
+            early-stopped on its own inner split of the training fold, so together they learn from every training
+            patient; risks are averaged after z-scoring each member's on the training fold, survival curves
+            averaged.
     """
 
     name: str
     omics_encoder: str
     clinical: bool
     loss: str
+    members: int = 1
 
 
 def select_models(specs: Sequence[Any], wanted: str | Sequence[str] | None) -> list[Any]:
@@ -144,13 +155,16 @@ def select_models(specs: Sequence[Any], wanted: str | Sequence[str] | None) -> l
 
 
 def default_models() -> list[ModelSpec]:
-    """SNN and pathway-token models, each with and without clinical variables, with the NLL and with the Cox loss."""
-    return [
+    """SNN and pathway-token models, each with and without clinical variables, with the NLL and with the Cox loss;
+    then both encoders with clinical variables and the Cox loss as bags of 5 (``_bag5``)."""
+    single = [
         ModelSpec(f"{encoder}{'+clin' if clinical else ''}_{loss}", encoder, clinical, loss)
         for encoder in ("snn", "pathways")
         for clinical in (False, True)
         for loss in ("nll", "cox")
     ]
+    bagged = [ModelSpec(f"{encoder}+clin_cox_bag5", encoder, True, "cox", members=5) for encoder in ("snn", "pathways")]
+    return single + bagged
 
 
 @dataclass
@@ -274,14 +288,19 @@ def build_fold_inputs(
     scaled, _ = scaler.transform(genes[columns])
     scaled = pd.DataFrame(scaled, index=genes.index, columns=scaler.genes)
     rna_columns = gene_columns(scaler.genes, ("_rnaseq",))
-    top_rna = scaled.loc[training, rna_columns].var().sort_values(ascending=False).index[: settings.enet_genes]
+    train_outcome = patients.loc[training]
+    score = cox_score_screen(
+        scaled.loc[training, rna_columns].to_numpy(np.float64),
+        train_outcome["survival_months"].to_numpy(),
+        train_outcome["event"].to_numpy(),
+    )
+    top_rna = [rna_columns[i] for i in np.argsort(-np.abs(score), kind="stable")[: settings.enet_genes]]
     clinical_columns, categorical, ordinal = clinical_spec(patients)
     encoder = ClinicalEncoder().fit(
         patients, clinical_columns, categorical=categorical, ordinal=ordinal, case_ids=list(training)
     )
     clinical, _ = encoder.transform(patients)
     clinical = pd.DataFrame(clinical, index=patients.index)
-    train_outcome = patients.loc[training]
     edges = make_time_bins(
         train_outcome["survival_months"].to_numpy(), train_outcome["event"].to_numpy(), settings.n_bins
     )
@@ -294,6 +313,41 @@ def build_fold_inputs(
         edges=edges,
         genes=list(scaler.genes),
     )
+
+
+def cox_score_screen(x: np.ndarray, time: np.ndarray, event: np.ndarray) -> np.ndarray:
+    """Univariate Cox score test statistic of every column, at zero coefficient (Breslow risk sets).
+
+    ``z_g = U_g / sqrt(I_g)`` with ``U_g = sum over deaths i of (x_ig - mean of x_g over the risk set of i)`` and
+    ``I_g`` the sum of the risk-set variances: the signed square root of the score (log-rank) chi-square of a Cox
+    model on column ``g`` alone. Vectorised over columns, for screening genes on a training fold.
+
+    Args:
+        x: covariates ``[N, G]``.
+        time: follow-up times ``[N]``.
+        event: 1 = death observed, 0 = censored ``[N]``.
+
+    Returns:
+        ``[G]`` statistics (0 for a column constant over every risk set, or without any death).
+
+    Raises:
+        ValueError: mismatched lengths.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    time, event = np.asarray(time, dtype=np.float64), np.asarray(event).astype(bool)
+    if x.ndim != 2 or len(x) != len(time) or len(time) != len(event):
+        raise ValueError(f"x [N, G], time [N] and event [N] must agree, got {x.shape}, {time.shape}, {event.shape}")
+    order = np.argsort(time, kind="stable")
+    x, time, event = x[order], time[order], event[order]
+    # risk set of a death at t: every patient with time >= t (tied times included), via reverse cumulative sums
+    at_risk = np.cumsum(np.ones(len(time))[::-1])[::-1]
+    s1 = np.cumsum(x[::-1], axis=0)[::-1]
+    s2 = np.cumsum((x * x)[::-1], axis=0)[::-1]
+    first = np.searchsorted(time, time[event], side="left")
+    n, mean = at_risk[first][:, None], s1[first] / at_risk[first][:, None]
+    score = (x[event] - mean).sum(axis=0)
+    information = np.clip(s2[first] / n - mean * mean, 0.0, None).sum(axis=0)
+    return np.divide(score, np.sqrt(information), out=np.zeros_like(score), where=information > 1e-12)
 
 
 def _numeric_covariates(fold: FoldInputs, part: str, columns: Sequence[str]) -> pd.DataFrame:
@@ -395,20 +449,65 @@ def discrete_survival(survival_bins: np.ndarray, edges: np.ndarray, times: np.nd
 
 
 def train_network(fold: FoldInputs, spec: ModelSpec, settings: BenchmarkSettings, seed: int) -> Prediction:
-    """Train one :class:`MultimodalModel` on the fold's inner training part, early stopping on the inner
-    validation C-index, and predict the test fold.
+    """Train :class:`MultimodalModel` (``spec.members`` of them) on inner training parts of the fold, early stopping
+    on the inner validation C-index, and predict the test fold.
 
     Args:
         fold: the fold inputs.
-        spec: which encoder, modalities and loss.
+        spec: which encoder, modalities, loss and number of bagged members.
         settings: benchmark settings.
-        seed: torch seed.
+        seed: torch seed (of the first member).
 
     Returns:
-        the test-fold :class:`Prediction` (``info`` holds ``best_epoch`` and ``val_c_index``).
+        the test-fold :class:`Prediction` (``info`` holds ``best_epoch`` and ``val_c_index``, means over members).
     """
     if spec.loss not in ("nll", "cox"):
         raise ValueError(f"ModelSpec {spec.name!r}: loss must be 'nll' or 'cox', got {spec.loss!r}")
+    if spec.members < 1:
+        raise ValueError(f"ModelSpec {spec.name!r}: members must be at least 1, got {spec.members}")
+    if spec.members == 1:
+        return _train_member(fold, spec, settings, seed)[0]
+    members = [
+        _train_member(fold if m == 0 else resplit(fold, settings.val_fraction, seed + m), spec, settings, seed + m)
+        for m in range(spec.members)
+    ]
+    risk = np.mean([(p.risk - center) / scale for p, (center, scale) in members], axis=0)
+    curves = [p.survival for p, _ in members]
+
+    def survival(times: np.ndarray) -> np.ndarray:
+        return np.mean([curve(times) for curve in curves], axis=0)
+
+    info = {key: float(np.mean([p.info[key] for p, _ in members])) for key in ("best_epoch", "val_c_index")}
+    return Prediction(risk, survival, info)
+
+
+def resplit(fold: FoldInputs, fraction: float, seed: int) -> FoldInputs:
+    """The fold with its inner split redrawn: the training patients (``train`` + ``val``) split again, stratified by
+    event, ``fraction`` of them to ``val``; the test part and everything fitted on the training fold are kept."""
+    parts = ("train", "val")
+    ids = np.concatenate([fold.parts[part] for part in parts])
+    events = np.concatenate([fold.outcome(part)[1] for part in parts])
+    train, val = train_test_split(np.arange(len(ids)), test_size=fraction, random_state=seed, stratify=events)
+    rows = {"train": np.sort(train), "val": np.sort(val)}
+    redrawn = {}
+    for name in ("parts", "omics", "clinical", "covariates", "rna"):
+        per_part = getattr(fold, name)
+        if not per_part:  # no clinical columns
+            continue
+        if isinstance(per_part["train"], pd.DataFrame):
+            joined = pd.concat([per_part[part] for part in parts])
+            redrawn[name] = {**per_part, **{part: joined.iloc[rows[part]] for part in parts}}
+        else:
+            joined = np.concatenate([per_part[part] for part in parts])
+            redrawn[name] = {**per_part, **{part: joined[rows[part]] for part in parts}}
+    check_no_leakage([Fold(redrawn["parts"]["train"], redrawn["parts"]["val"], fold.parts["test"])])
+    return replace(fold, **redrawn)
+
+
+def _train_member(
+    fold: FoldInputs, spec: ModelSpec, settings: BenchmarkSettings, seed: int
+) -> tuple[Prediction, tuple[float, float]]:
+    """One network of :func:`train_network`; also the mean and std of its risk over the training fold."""
     torch.manual_seed(seed)
     index = None
     if spec.omics_encoder != "snn":
@@ -453,6 +552,8 @@ def train_network(fold: FoldInputs, spec: ModelSpec, settings: BenchmarkSettings
             break
     model.load_state_dict(best_state)
     risk = _risk(model, fold, "test", spec.clinical)
+    train_risk = np.concatenate([_risk(model, fold, part, spec.clinical) for part in ("train", "val")])
+    standard = (float(train_risk.mean()), float(train_risk.std()) or 1.0)
     if spec.loss == "nll":
         with torch.inference_mode():
             bins_survival = model.eval()(_tensor_batch(fold, "test", slice(None), spec.clinical))["survival"].numpy()
@@ -461,14 +562,13 @@ def train_network(fold: FoldInputs, spec: ModelSpec, settings: BenchmarkSettings
             return discrete_survival(bins_survival, fold.edges, times)
 
     else:
-        train_risk = np.concatenate([_risk(model, fold, part, spec.clinical) for part in ("train", "val")])
         train_time = np.concatenate([fold.outcome(part)[0] for part in ("train", "val")])
         train_event = np.concatenate([fold.outcome(part)[1] for part in ("train", "val")])
 
         def survival(times: np.ndarray) -> np.ndarray:
             return breslow_survival(train_risk, train_time, train_event, risk, times)
 
-    return Prediction(risk, survival, {"best_epoch": float(best_epoch), "val_c_index": float(best)})
+    return Prediction(risk, survival, {"best_epoch": float(best_epoch), "val_c_index": float(best)}), standard
 
 
 @torch.inference_mode()

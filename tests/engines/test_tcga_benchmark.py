@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from lifelines import CoxPHFitter
+from lifelines.statistics import logrank_test
 from lifelines.utils import concordance_index as lifelines_cindex
 
 from monai_ext.data.pathways import load_composition
@@ -36,9 +37,11 @@ from monai_ext.engines.tcga_benchmark import (
     breslow_survival,
     build_fold_inputs,
     cox_baseline,
+    cox_score_screen,
     discrete_survival,
     evaluate_survival,
     patient_table,
+    resplit,
     run_survival_benchmark,
     summarize,
     train_network,
@@ -258,3 +261,62 @@ def test_blca_fold0(shared_data: Path) -> None:
     assert np.isfinite(row[["c_index", "c_index_ipcw", "ibs"]].to_numpy(float)).all()
     # measured 0.64 on this fold (chance 0.5; MCAT's published SNN mean over folds 0.541)
     assert row["c_index"] > 0.56, row.to_dict()
+
+
+def test_cox_score_screen_matches_logrank_and_ranks_planted_gene() -> None:
+    """The score statistic of a binary column squared is lifelines' log-rank chi-square (no tied times), its sign
+    follows the hazard, and the planted survival gene ranks first among noise genes."""
+    rng = np.random.default_rng(3)
+    n = 300
+    group = (rng.random(n) < 0.5).astype(float)
+    time = rng.exponential(10.0, n) * np.exp(-0.6 * group)
+    event = rng.random(n) < 0.7
+    z = cox_score_screen(group[:, None], time, event)
+    reference = logrank_test(time[group == 1], time[group == 0], event[group == 1], event[group == 0])
+    np.testing.assert_allclose(z[0] ** 2, reference.test_statistic, rtol=1e-10)
+    assert z[0] > 0  # the group dies sooner
+    genes = np.column_stack([rng.normal(size=(n, 20)), -group + 0.3 * rng.normal(size=n)])
+    scores = cox_score_screen(genes, time, event)
+    assert np.argmax(np.abs(scores)) == 20 and scores[20] < 0
+    assert cox_score_screen(np.ones((n, 1)), time, event)[0] == 0.0
+
+
+def test_resplit_keeps_test_part_and_fitted_inputs(cohort: dict) -> None:
+    inputs = build_fold_inputs(cohort["patients"], cohort["genes"], cohort["folds"][0], FAST, seed=0)
+    again = resplit(inputs, 0.2, seed=5)
+    training = set(inputs.parts["train"]) | set(inputs.parts["val"])
+    assert set(again.parts["train"]) | set(again.parts["val"]) == training
+    assert not set(again.parts["train"]) & set(again.parts["val"])
+    assert set(again.parts["val"]) != set(inputs.parts["val"])
+    np.testing.assert_array_equal(again.parts["test"], inputs.parts["test"])
+    np.testing.assert_array_equal(again.omics["test"], inputs.omics["test"])
+    np.testing.assert_array_equal(again.edges, inputs.edges)
+    # every row moved with its patient: the matrices of the new parts are the old rows of those patients
+    old = {
+        case: row for part in ("train", "val") for case, row in zip(inputs.parts[part], inputs.omics[part], strict=True)
+    }
+    for part in ("train", "val"):
+        np.testing.assert_array_equal(again.omics[part], np.stack([old[c] for c in again.parts[part]]))
+        assert list(again.covariates[part].index) == list(again.parts[part])
+        assert list(again.rna[part].index) == list(again.parts[part])
+
+
+def test_bagged_network_averages_members(cohort: dict) -> None:
+    inputs = build_fold_inputs(cohort["patients"], cohort["genes"], cohort["folds"][2], FAST, seed=2)
+    settings = replace(FAST, epochs=8, patience=8)
+    spec = ModelSpec("snn+clin_cox_bag3", "snn", True, "cox", members=3)
+    bagged = train_network(inputs, spec, settings, seed=0)
+    single = [
+        train_network(
+            inputs if m == 0 else resplit(inputs, settings.val_fraction, m), replace(spec, members=1), settings, seed=m
+        )
+        for m in range(3)
+    ]
+    assert evaluate_survival(inputs, bagged)["c_index"] > 0.65
+    # the bag's risk ranks like the mean of the members' standardised risks (standardised on the training fold)
+    by_hand = np.mean([(p.risk - p.risk.mean()) / p.risk.std() for p in single], axis=0)
+    assert np.corrcoef(bagged.risk, by_hand)[0, 1] > 0.95
+    curves = bagged.survival(np.array([5.0, 20.0]))
+    np.testing.assert_allclose(curves, np.mean([p.survival(np.array([5.0, 20.0])) for p in single], axis=0))
+    with pytest.raises(ValueError, match="members"):
+        train_network(inputs, replace(spec, members=0), settings, seed=0)
