@@ -13,7 +13,8 @@
 
 Usage:
     python scripts/distill_demo.py --out runs/distill_demo [--task survival] [--n-patients 48] \
-        [--seeds 0,1,2] [--n-folds 5] [--teacher-modalities wsi,omics,clinical] [--epochs 30]
+        [--seeds 0,1,2] [--n-folds 5] [--teacher-modalities wsi,omics,clinical] [--epochs 30] \
+        [--proliferation-in-slides True]
 
 Builds the demo cohort under ``<out>/cohort`` when missing (or uses ``--dataset-dir``), then for every seed (which
 draws its own patient-grouped split) and fold trains the multimodal teacher, the distilled student and the plain
@@ -84,6 +85,7 @@ def main(
     batch_size: int = 8,
     device: str = "auto",
     dataset_dir: str | None = None,
+    proliferation_in_slides: bool = False,
 ) -> None:
     """Run the teacher / student comparison and print the summary.
 
@@ -111,6 +113,8 @@ def main(
         batch_size: patients per step.
         device: cpu, cuda or auto.
         dataset_dir: an existing cohort folder instead of the demo.
+        proliferation_in_slides: build the demo with a weak slide copy of the omics proliferation program (denser
+            tumor nuclei), the setting where a WSI-only student can learn something from the teacher's omics.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     modalities = _names(teacher_modalities or DEFAULT_TEACHER[task])
@@ -138,6 +142,8 @@ def main(
     out_dir.mkdir(parents=True, exist_ok=True)
     root = Path(dataset_dir) if dataset_dir else out_dir / "cohort"
     demo = None if dataset_dir else {"n_patients": n_patients, "seed": 0}
+    if demo is not None and proliferation_in_slides:
+        demo["proliferation_in_slides"] = True
     (out_dir / "settings.json").write_text(json.dumps({**settings_dict(settings), "dataset_dir": str(root)}, indent=1))
     rows = []
     jobs = [(int(seed), fold) for seed in _names(seeds) for fold in range(n_folds)]

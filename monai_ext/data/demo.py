@@ -26,7 +26,10 @@ The data-generating story (every number below is a module constant, written into
 - **Survival.** A latent risk ``r = 0.8 * burden + 0.7 * proliferation + 0.025 * (age - 62)`` sets a Weibull
   hazard (shape 1.4, scale 60 months at ``r = 0``); ``burden`` is the standardized log tumor load of the slides
   (negative 0, ITC 0.5, micro 1.5, macro 3 per node) and ``proliferation`` a standard normal omics program. Follow-up
-  ends at a uniform censoring time (24-150 months), so about a third of the patients are censored.
+  ends at a uniform censoring time (24-150 months), so about a third of the patients are censored. With
+  ``proliferation_in_slides`` the tumor of a slide shows a weak copy of the proliferation program: its nuclei lie
+  ``round(13 - 2 * proliferation)`` pixels apart (9-17; 13 otherwise), a cue only on the tumor patches of the
+  positive slides, for a slide-only model to learn from a teacher that sees the omics.
 - **Subtype** (``label`` 0/1, balanced in pairs of patients) drives a second omics program (a shift of +-0.75 with
   N(0, 0.5) noise; 10% of patients express the other subtype's program), CNV/mutation rates, and text cues in
   the notes; the program and the notes are about equally informative and independent given the subtype. The
@@ -124,6 +127,7 @@ BETA_BURDEN, BETA_PROLIFERATION, BETA_AGE = 0.8, 0.7, 0.025
 AGE_CENTER = 62.0
 WEIBULL_SHAPE, WEIBULL_SCALE_MONTHS = 1.4, 60.0
 CENSOR_MONTHS = (24.0, 150.0)
+NUCLEI_SPACING, SLIDE_PROLIFERATION_CUE, NUCLEI_SPACING_RANGE = 13, 2.0, (9, 17)  # pixels, pixels per SD, clip
 # subtype and omics
 SUBTYPE_SHIFT, SUBTYPE_SPREAD, SUBTYPE_DISCORDANCE = 0.75, 0.5, 0.10
 PROGRAMS: dict[str, tuple[tuple[str, ...], int]] = {  # program -> (hallmark gene sets it draws from, genes)
@@ -275,6 +279,7 @@ def make_demo_cohort(
     progress: bool = False,
     stage_reference: str | Path | None = None,
     report_unscanned_nodes: bool = False,
+    proliferation_in_slides: bool = False,
 ) -> Path:
     """Write (or complete) the demo cohort under ``root``; idempotent and resumable.
 
@@ -299,6 +304,8 @@ def make_demo_cohort(
         report_unscanned_nodes: the pN stage counts all nodes of a patient's pattern, the scanned ones (the slides)
             and the others, whose stages the manifest gives as counts in ``unscanned_itc``, ``unscanned_micro`` and
             ``unscanned_macro`` (patient-level columns, e.g. clinical inputs of a staging model).
+        proliferation_in_slides: the tumor nuclei of positive slides are denser the higher the patient's
+            proliferation program (a weak slide copy of an omics signal, e.g. for distillation experiments).
 
     Returns:
         the path of ``manifest.csv``.
@@ -323,13 +330,16 @@ def make_demo_cohort(
         "stage_patterns": {"-".join(map(str, key)): count for key, count in patterns.items()},
         "generator_version": GENERATOR_VERSION,
         "report_unscanned_nodes": bool(report_unscanned_nodes),
+        "proliferation_in_slides": bool(proliferation_in_slides),
     }
     _check_parameters(root / "cohort.json", parameters)
-    manifest, omics, programs = _simulate(n_patients, seed, max_slides_per_patient, patterns, report_unscanned_nodes)
+    manifest, omics, programs, spacings = _simulate(
+        n_patients, seed, max_slides_per_patient, patterns, report_unscanned_nodes, proliferation_in_slides
+    )
     root.mkdir(parents=True, exist_ok=True)
     _write_text(root / "cohort.json", json.dumps(_description(parameters, manifest, omics, programs), indent=2) + "\n")
     _write_text(root / "omics.csv", omics.to_csv())
-    _write_slides(root, manifest, seed, parameters["slide_size"], progress)
+    _write_slides(root, manifest, seed, parameters["slide_size"], spacings, progress)
     if extract:
         _extract(root, manifest)
     _write_text(root / "manifest.csv", manifest.to_csv(index=False))
@@ -365,15 +375,17 @@ def _simulate(
     max_slides: int,
     patterns: Mapping[tuple[int, int, int, int], int],
     report_unscanned: bool = False,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """The manifest (one row per slide), the omics table (index ``case_id``) and the program description."""
+    proliferation_in_slides: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, int]]:
+    """The manifest (one row per slide), the omics table (index ``case_id``), the program description and the
+    tumor nuclei spacing of each slide (pixels)."""
     programs = _gene_programs()
     gene_rng = _rng(seed, _GENES)
     genes = [(name, gene) for name, symbols in programs.items() for gene in symbols]
     means = gene_rng.uniform(4.0, 12.0, len(genes))
     scales = gene_rng.uniform(0.5, 1.5, len(genes))
     loadings = gene_rng.uniform(0.5, 0.9, len(genes)) * gene_rng.choice([-1.0, 1.0], len(genes))
-    rows, omics_rows = [], {}
+    rows, omics_rows, spacings = [], {}, {}
     for index in range(n_patients):
         rng = _rng(seed, _PATIENT, index)
         case_id = f"DEMO-{index:03d}"
@@ -404,8 +416,16 @@ def _simulate(
         if index % MISSING_OMICS_EVERY != MISSING_OMICS_AT:
             omics_rows[case_id] = values
         has_text = index % MISSING_TEXT_EVERY != MISSING_TEXT_AT
+        spacing = NUCLEI_SPACING
+        if proliferation_in_slides:
+            spacing = int(
+                np.clip(
+                    np.rint(NUCLEI_SPACING - SLIDE_PROLIFERATION_CUE * factors["proliferation"]), *NUCLEI_SPACING_RANGE
+                )
+            )
         for node, stage in enumerate(stages):
             slide_id = f"{case_id}-N{node}"
+            spacings[slide_id] = spacing
             rows.append(
                 {
                     "case_id": case_id,
@@ -429,7 +449,7 @@ def _simulate(
     described = {
         name: {f"{gene}_rnaseq": signs[f"{gene}_rnaseq"] for gene in symbols} for name, symbols in programs.items()
     }
-    return pd.DataFrame(rows), omics, described
+    return pd.DataFrame(rows), omics, described, spacings
 
 
 def _unscanned_report(stages: Sequence[str]) -> dict[str, int]:
@@ -531,6 +551,12 @@ def _description(
                 "censoring_months_uniform": list(CENSOR_MONTHS),
             },
             "subtype": {"shift": SUBTYPE_SHIFT, "spread": SUBTYPE_SPREAD, "discordance": SUBTYPE_DISCORDANCE},
+            "tumor_nuclei_spacing": {
+                "pixels": f"round({NUCLEI_SPACING} - {SLIDE_PROLIFERATION_CUE} * proliferation), clipped to "
+                f"{list(NUCLEI_SPACING_RANGE)}"
+                if parameters["proliferation_in_slides"]
+                else NUCLEI_SPACING,
+            },
             "omics_programs": programs,
             "omics_program_note": "column -> sign of its loading on the program's latent factor",
             "text_cues": {str(k): list(v) for k, v in TEXT_CUES.items()},
@@ -597,7 +623,9 @@ def _quiet_small_slide_warnings() -> Iterator[list[str]]:
         synthetic_logger.removeFilter(keep)
 
 
-def _write_slides(root: Path, manifest: pd.DataFrame, seed: int, size: list[int], progress: bool) -> None:
+def _write_slides(
+    root: Path, manifest: pd.DataFrame, seed: int, size: list[int], spacings: Mapping[str, int], progress: bool
+) -> None:
     """Write the missing slides (atomically) and keep ``slides/truth.json`` in step with them."""
     slides_dir = root / "slides"
     slides_dir.mkdir(exist_ok=True)
@@ -611,7 +639,12 @@ def _write_slides(root: Path, manifest: pd.DataFrame, seed: int, size: list[int]
             slide_seed = int.from_bytes(hashlib.sha256(f"{seed}/{row.slide_id}".encode()).digest()[:4], "little")
             tmp = path.with_name(f".{path.name}.part")
             truth = write_demo_slide(
-                tmp, seed=slide_seed, size=(size[0], size[1]), tumor=row.slide_stage, mpp=SLIDE_MPP
+                tmp,
+                seed=slide_seed,
+                size=(size[0], size[1]),
+                tumor=row.slide_stage,
+                nuclei_spacing=spacings[row.slide_id],
+                mpp=SLIDE_MPP,
             )
             os.replace(tmp, path)
             known[row.slide_id] = replace(truth, path=path).as_dict(relative_to=slides_dir)

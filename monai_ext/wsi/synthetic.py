@@ -340,13 +340,13 @@ def _dihedral(image: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(t) for t in turns + [np.fliplr(t) for t in turns]]
 
 
-def _tumor_texture(rng: np.random.Generator, tissue: np.ndarray) -> np.ndarray:
-    """uint8 ``[512, 512, 3]``: purple-pink stroma shaded by the IHC image's luminance, packed with dark nuclei."""
+def _tumor_texture(rng: np.random.Generator, tissue: np.ndarray, spacing: int = 13) -> np.ndarray:
+    """uint8 ``[512, 512, 3]``: purple-pink stroma shaded by the IHC image's luminance, packed with dark nuclei
+    ``spacing`` pixels apart."""
     size = tissue.shape[0]
     lum = cv2.cvtColor(tissue, cv2.COLOR_RGB2GRAY).astype(np.float32)[..., None] / 255.0
     base = np.array([200.0, 145.0, 195.0], np.float32) * (0.7 + 0.3 * lum)
     out = np.ascontiguousarray(np.clip(base, 0, 255).astype(np.uint8))
-    spacing = 13
     grid = np.arange(spacing // 2, size, spacing)
     centers = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2) + rng.uniform(-4, 4, (grid.size**2, 2))
     axes = rng.uniform([3.5, 3.0], [6.5, 5.0], (len(centers), 2))
@@ -432,6 +432,7 @@ def write_demo_slide(
     seed: int,
     size: tuple[int, int] = (6144, 4096),
     tumor: str = "negative",
+    nuclei_spacing: int = 13,
     mpp: float = 0.5,
     tile_size: int = 256,
     n_levels: int = 3,
@@ -448,6 +449,7 @@ def write_demo_slide(
         seed: random seed of the layout, textures and noise.
         size: level-0 ``(width, height)``; multiples of ``max(16, 4 ** (n_levels - 1))``.
         tumor: ``"negative"``, ``"itc"``, ``"micro"`` or ``"macro"``.
+        nuclei_spacing: pixels between tumor nuclei (8-20; smaller is denser), e.g. to plant a proliferation cue.
         mpp: micrometers per level-0 pixel (written as resolution tags in pixels per centimeter).
         tile_size: JPEG tile side, a multiple of 16.
         n_levels: pyramid levels (pages), each 4 times smaller than the previous.
@@ -461,6 +463,8 @@ def write_demo_slide(
     """
     size = (int(size[0]), int(size[1]))
     _check_slide_args(size, tumor, mpp, tile_size, n_levels, jpeg_quality)
+    if not 8 <= nuclei_spacing <= 20:
+        raise ValueError(f"nuclei_spacing must be between 8 and 20 pixels, got {nuclei_spacing}")
     width, height = size
     rng = np.random.default_rng(seed)
     pieces, tumor_blob, scale = _layout(rng, width, height, mpp, tumor)
@@ -485,7 +489,8 @@ def write_demo_slide(
         mask = mask & tissue[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]]
         tx, ty, tw, th = _box_of(mask, x0, y0)
         region = mask[ty - y0 : ty - y0 + th, tx - x0 : tx - x0 + tw]
-        _paint(level0, region, tx, ty, _dihedral(_tumor_texture(rng, ihc)), rng.integers(0, 8, grid_shape))
+        texture = _tumor_texture(rng, ihc, nuclei_spacing)
+        _paint(level0, region, tx, ty, _dihedral(texture), rng.integers(0, 8, grid_shape))
         tumor_boxes.append((tx, ty, tw, th))
 
     path = Path(path)

@@ -37,6 +37,7 @@ from monai_ext.data.demo import (
 )
 from monai_ext.data.pathways import pathway_gene_index
 from monai_ext.wsi.store import read_features
+from monai_ext.wsi.synthetic import write_demo_slide
 
 ENCODER = "builtin_cnn@seed0"
 SMALL = {"n_patients": 6, "seed": 0, "slide_size": (2048, 1024)}  # smallest size whose slides all hold patches
@@ -368,3 +369,25 @@ def test_report_of_unscanned_nodes(signal_root: Path, tmp_path: Path) -> None:
     described = json.loads((root / "cohort.json").read_text())
     assert described["parameters"]["report_unscanned_nodes"] is True
     assert "unscanned_macro" in described["columns"]
+
+
+def test_proliferation_in_slides(tmp_path: Path) -> None:
+    """The cue changes only slides with a tumor; everything else (manifest, omics, negative slides) is the cohort
+    without it."""
+    kwargs = {"n_patients": 10, "seed": 0, "slide_size": (1024, 1024), "max_slides_per_patient": 2, "extract": False}
+    plain, cued = tmp_path / "plain", tmp_path / "cued"
+    make_demo_cohort(plain, **kwargs)
+    make_demo_cohort(cued, **kwargs, proliferation_in_slides=True)
+    pd.testing.assert_frame_equal(pd.read_csv(plain / "manifest.csv"), pd.read_csv(cued / "manifest.csv"))
+    assert (plain / "omics.csv").read_text() == (cued / "omics.csv").read_text()
+    manifest = pd.read_csv(cued / "manifest.csv")
+    changed = {
+        row.slide_id
+        for row in manifest.itertuples()
+        if (plain / row.slide_path).read_bytes() != (cued / row.slide_path).read_bytes()
+    }
+    assert changed and all(manifest.set_index("slide_id").loc[sorted(changed), "slide_stage"] != "negative")
+    described = json.loads((cued / "cohort.json").read_text())
+    assert described["parameters"]["proliferation_in_slides"] is True
+    with pytest.raises(ValueError, match="nuclei_spacing"):
+        write_demo_slide(tmp_path / "x.tif", seed=0, size=(512, 512), tumor="micro", nuclei_spacing=4)
