@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,10 +35,6 @@ class TaskLoss(nn.Module):
     - ``instance_loss`` (CLAM's clustering loss) with weight ``instance_weight``;
     - ``slide_loss`` (slide-stage cross-entropy of :class:`~monai_ext.networks.hierarchical.SlideToPatientModel`
       trained with slide labels) with weight ``slide_weight``;
-    - ``unimodal_logits`` (per-modality classifiers of a
-      :class:`~monai_ext.networks.multimodal.MultimodalModel` with ``unimodal_heads``): the cross-entropy of each
-      modality's logits over the samples that have it (``unimodal_mask``), averaged over modalities, with weight
-      ``unimodal_weight``;
     - the slide-text alignment of HMF (https://github.com/ErShiY/HMF) with weight ``alignment_weight``: a
       model-reported ``alignment_loss``, or else, for a classification model whose output has
       ``slide_text_similarity [B, K]`` (bi-cross fusion with one prompt class per task class), the
@@ -56,7 +50,6 @@ class TaskLoss(nn.Module):
         slide_weight: weight of a model-reported ``slide_loss``.
         alignment_weight: weight of the slide-text alignment term (0 turns it off).
         alignment_temperature: temperature of the alignment term computed here (HMF: 0.07).
-        unimodal_weight: weight of the per-modality classification terms.
     """
 
     def __init__(
@@ -69,7 +62,6 @@ class TaskLoss(nn.Module):
         slide_weight: float = 1.0,
         alignment_weight: float = 1.0,
         alignment_temperature: float = 0.07,
-        unimodal_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -78,7 +70,6 @@ class TaskLoss(nn.Module):
         self.instance_weight = instance_weight
         self.slide_weight = slide_weight
         self.alignment_weight = alignment_weight
-        self.unimodal_weight = unimodal_weight
         self.nll = DiscreteTimeNLLLoss(alpha=alpha)
         self.cox = CoxPHLoss()
         self.alignment = TextAlignmentLoss(alignment_temperature)
@@ -110,22 +101,11 @@ class TaskLoss(nn.Module):
             loss = loss + self.instance_weight * pred["instance_loss"]
         if "slide_loss" in pred:
             loss = loss + self.slide_weight * pred["slide_loss"]
-        if "unimodal_logits" in pred and self.unimodal_weight:
-            loss = loss + self.unimodal_weight * self._unimodal(pred, target["label"].long())
         if self.alignment_weight:
             alignment = self._alignment(pred, target)
             if alignment is not None:
                 loss = loss + self.alignment_weight * alignment
         return loss
-
-    def _unimodal(self, pred: dict[str, Any], label: torch.Tensor) -> torch.Tensor:
-        """Mean over modalities of the cross-entropy of each modality's logits on the samples that have it."""
-        terms = []
-        for name, logits in pred["unimodal_logits"].items():
-            present = pred["unimodal_mask"][name]
-            if bool(present.any()):
-                terms.append(F.cross_entropy(logits[present], label[present], weight=self.class_weights))
-        return torch.stack(terms).mean() if terms else pred["logits"].sum() * 0.0
 
     def _alignment(self, pred: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The model's ``alignment_loss``, or the alignment of a classification model's bag with its class text."""

@@ -124,11 +124,6 @@ class MultimodalModel(nn.Module):
         require_wsi: with ``wsi`` among ``modalities``, refuse a batch without ``wsi`` or with an empty bag
             (ValueError): a slide model must not answer from its bias and the other modalities alone. Set False to
             accept samples without slides (their patch tokens are masked).
-        unimodal_heads: classification only: a linear classifier per modality on that modality's pooled tokens,
-            whose logits the model reports in training (``unimodal_logits``) for
-            :class:`~monai_ext.engines.task_loss.TaskLoss` to supervise next to the fused head (deep supervision
-            per modality), so that each encoder learns its own evidence even when another modality is easier to
-            fit. Inference outputs are unchanged.
 
     Raises:
         ValueError: for an unknown modality, encoder, task or fusion, or a missing size for a listed modality.
@@ -156,7 +151,6 @@ class MultimodalModel(nn.Module):
         modality_dropout: float = 0.0,
         dropout: float = 0.25,
         require_wsi: bool = True,
-        unimodal_heads: bool = False,
     ) -> None:
         super().__init__()
         names = self._check_modalities(modalities)
@@ -194,13 +188,6 @@ class MultimodalModel(nn.Module):
                 )
             self.encoders["radiology"] = radiology_encoder
         self.head = self._build_head(task, n_classes, n_bins, dropout)
-        self.unimodal_heads: nn.ModuleDict | None = None
-        if unimodal_heads:
-            if task != "classification":
-                raise ValueError(f"unimodal_heads supports task='classification' only, got {task!r}")
-            self.unimodal_heads = nn.ModuleDict(
-                {name: ClassificationHead(dim, n_classes, dropout=dropout) for name in names}
-            )
         droppable = [name for name in names if not (name == "wsi" and self.require_wsi)]
         self.modality_dropout: ModalityDropout | None = None
         if modality_dropout > 0.0:
@@ -300,8 +287,7 @@ class MultimodalModel(nn.Module):
             distribution over the valid patches of each sample (zero rows for samples without patches). With a
             CLAM aggregator in training and a ``label`` in the batch, ``instance_loss`` (scalar). With a fusion that
             reports them (bi-cross with ``n_prompt_classes``), ``slide_text_similarity [B, K]`` and
-            ``slide_text_mask`` bool ``[B, K]``. In training with ``unimodal_heads``: ``unimodal_logits {name: [B, K]}``
-            and ``unimodal_mask {name: bool [B]}`` (samples that have the modality, after modality dropout).
+            ``slide_text_mask`` bool ``[B, K]``.
 
         Raises:
             ValueError: for a batch without any of the model's modalities, a sample with no modality present, an
@@ -320,11 +306,6 @@ class MultimodalModel(nn.Module):
             if key in fused:
                 out[key] = fused[key]
         out.update(self._apply_head(embedding))
-        if self.training and self.unimodal_heads is not None:
-            out["unimodal_logits"] = {
-                name: self.unimodal_heads[name](masked_mean(tokens[name], masks[name])) for name in tokens
-            }
-            out["unimodal_mask"] = {name: masks[name].any(dim=1) for name in tokens}
         if return_tokens:
             out["tokens"] = tokens
             out["token_masks"] = masks

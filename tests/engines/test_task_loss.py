@@ -58,24 +58,3 @@ def test_mismatched_prompt_classes() -> None:
     pred = {"logits": LOGITS, "slide_text_similarity": torch.rand(2, 4)}
     with pytest.raises(ValueError, match="4 prompt classes but the logits 3"):
         TaskLoss("classification")(pred, {"label": LABEL})
-
-
-def test_unimodal_terms_by_hand() -> None:
-    """Per-modality cross-entropy over the samples that have the modality, averaged over modalities."""
-    omics = torch.tensor([[0.5, 0.1, -0.2], [2.0, -1.0, 0.0]])
-    text = torch.tensor([[-0.3, 0.8, 0.4], [0.0, 0.0, 1.5]])
-    pred = {
-        "logits": LOGITS,
-        "unimodal_logits": {"omics": omics, "text": text},
-        "unimodal_mask": {"omics": torch.tensor([True, True]), "text": torch.tensor([False, True])},
-    }
-    loss = TaskLoss("classification", unimodal_weight=0.5)(pred, {"label": LABEL})
-
-    def nll(row: torch.Tensor, label: int) -> torch.Tensor:
-        return torch.logsumexp(row, 0) - row[label]
-
-    omics_term = (nll(omics[0], 2) + nll(omics[1], 0)) / 2
-    text_term = nll(text[1], 0)  # sample 0 has no text
-    torch.testing.assert_close(loss, F.cross_entropy(LOGITS, LABEL) + 0.5 * (omics_term + text_term) / 2)
-    off = TaskLoss("classification", unimodal_weight=0.0)(pred, {"label": LABEL})
-    torch.testing.assert_close(off, F.cross_entropy(LOGITS, LABEL))

@@ -450,31 +450,3 @@ def test_pre_grouped_omics_need_snn() -> None:
     batch["omics"] = torch.randn(3, 2, 5)
     with pytest.raises(ValueError, match="omics_encoder='snn'"):
         model(batch)
-
-
-def test_unimodal_heads_report_per_modality_logits_in_training_only() -> None:
-    """Each modality's head sees only that modality: changing the omics changes the omics logits and no other."""
-    model = make_model(unimodal_heads=True, n_classes=3)
-    batch = make_batch()
-    model.train()
-    out = model(batch)
-    assert set(out["unimodal_logits"]) == set(MODALITIES)
-    for name in MODALITIES:
-        assert out["unimodal_logits"][name].shape == (3, 3)
-    assert out["unimodal_mask"]["omics"].tolist() == [True, False, True]
-    assert out["unimodal_mask"]["clinical"].tolist() == [True, True, False]
-    changed = {**batch, "omics": batch["omics"] + 1.0}
-    again = model(changed)
-    for name in MODALITIES:
-        same = torch.equal(again["unimodal_logits"][name], out["unimodal_logits"][name])
-        assert same == (name != "omics"), name
-    evaluated = run_eval(model, batch)
-    assert "unimodal_logits" not in evaluated and "unimodal_mask" not in evaluated
-    plain = make_model(n_classes=3)
-    assert set(plain.state_dict()) < set(model.state_dict())  # extra heads only
-    torch.testing.assert_close(run_eval(plain, batch)["logits"], evaluated["logits"])
-
-
-def test_unimodal_heads_need_classification() -> None:
-    with pytest.raises(ValueError, match="unimodal_heads supports task='classification'"):
-        make_model(unimodal_heads=True, task="survival")
