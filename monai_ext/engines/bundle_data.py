@@ -46,7 +46,9 @@ __all__ = [
     "SPEC_FILE",
     "BundleData",
     "ensure_cohort",
+    "fit_text_scaling",
     "load_spec",
+    "scale_text",
     "time_bin_edges",
 ]
 
@@ -443,9 +445,12 @@ class BundleData:
         if self.mode == "train":
             self.spec["input_dims"]["text"] = int(width)
             self.spec["text_source"] = source
+            if source == "notes":
+                training = [texts[case] for case in self.split.train if len(texts.get(case, ()))]
+                self.spec["text_scaling"] = fit_text_scaling(np.concatenate(training))
         elif self.spec["input_dims"].get("text") != width:
             raise ValueError(f"text embeddings have width {width}, the model {self.spec['input_dims'].get('text')}")
-        return texts
+        return {case: scale_text(vectors, self.spec) for case, vectors in texts.items()}
 
     def _save_spec(self) -> None:
         if _rank() != 0:
@@ -455,6 +460,27 @@ class BundleData:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(self.spec, indent=1) + "\n")
         os.replace(tmp, path)
+
+
+def fit_text_scaling(vectors: np.ndarray) -> dict[str, list[float]]:
+    """Per-dimension mean and standard deviation of note embeddings ``[N, E]`` (the training patients' notes).
+
+    Sentence embeddings are unit vectors whose components are a few hundredths: unscaled, a linear text encoder
+    starts orders of magnitude below the other modalities' and learns slowly next to them. Scaled like the genes,
+    every modality enters on the same footing.
+    """
+    std = vectors.std(axis=0)
+    return {"mean": vectors.mean(axis=0).tolist(), "std": np.where(std > 1e-6, std, 1.0).tolist()}
+
+
+def scale_text(vectors: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
+    """Note embeddings ``[T, E]`` scaled with the spec's ``text_scaling`` (unchanged without one, e.g. prompts or
+    a spec saved before the scaling existed; empty arrays stay empty)."""
+    scaling = spec.get("text_scaling")
+    if scaling is None or len(vectors) == 0:
+        return vectors
+    mean, std = np.asarray(scaling["mean"]), np.asarray(scaling["std"])
+    return ((vectors - mean) / std).astype(vectors.dtype)
 
 
 def time_bin_edges(spec: Mapping[str, Any]) -> np.ndarray:

@@ -35,7 +35,13 @@ from torch import nn
 
 from monai_ext.data.clinical import ClinicalEncoder
 from monai_ext.data.omics import GeneScaler
-from monai_ext.engines.bundle_data import CLINICAL_ENCODER_FILE, GENE_SCALER_FILE, load_spec, time_bin_edges
+from monai_ext.engines.bundle_data import (
+    CLINICAL_ENCODER_FILE,
+    GENE_SCALER_FILE,
+    load_spec,
+    scale_text,
+    time_bin_edges,
+)
 from monai_ext.engines.heatmap import save_attention_heatmap
 from monai_ext.wsi.extract import ExtractionConfig, extract_slide
 from monai_ext.wsi.store import read_features
@@ -253,7 +259,7 @@ class PatientInference:
             items = [item for item in items if isinstance(item, str) and item.strip()]
             if not items:
                 return torch.zeros(1, 1, width), torch.zeros(1, 1, dtype=torch.bool)
-            vectors = embedder.embed(items)
+            vectors = scale_text(embedder.embed(items), self.spec)
         if vectors.shape[1] != width:
             raise ValueError(f"text embeddings have width {vectors.shape[1]}, the network expects {width}")
         return torch.from_numpy(vectors)[None], torch.ones(1, len(vectors), dtype=torch.bool)

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from monai_ext.data.survival_bins import make_time_bins
-from monai_ext.engines.bundle_data import BundleData, ensure_cohort, load_spec, time_bin_edges
+from monai_ext.engines.bundle_data import BundleData, ensure_cohort, load_spec, scale_text, time_bin_edges
 from tests.engines.conftest import RANDOM_FEATURE_DIM
 
 EXTRA = ("label", "slide_stage", "patient_stage", "slide_path")
@@ -128,3 +128,24 @@ def test_ensure_cohort_refuses_a_foreign_folder(tmp_path: Path) -> None:
 def test_ill_arg(cohort_dir: Path, tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _data(cohort_dir, tmp_path, **kwargs)
+
+
+def test_note_embeddings_scaled_with_training_statistics(cohort_dir: Path, tmp_path: Path) -> None:
+    from monai_ext.data.text import TextEmbedder
+
+    data = _data(cohort_dir, tmp_path, modalities=("wsi", "text"), text="notes")
+    spec = load_spec(tmp_path)
+    mean, std = np.asarray(spec["text_scaling"]["mean"]), np.asarray(spec["text_scaling"]["std"])
+    training = np.concatenate([data.text[case] for case in data.split.train if len(data.text[case])])
+    np.testing.assert_allclose(training.mean(0), 0.0, atol=1e-4)  # the training notes are standardised
+    spread = training.std(0)
+    assert np.all(np.isclose(spread, 1.0, atol=1e-3) | (spread < 1e-5))  # (dimensions constant over the notes: kept)
+    manifest = pd.read_csv(cohort_dir / "manifest.csv")
+    case = next(c for c in data.split.test if len(data.text[c]))
+    notes = [note for note in manifest.loc[manifest["case_id"] == case, "text"] if isinstance(note, str)]
+    raw = TextEmbedder().embed(notes)
+    np.testing.assert_allclose(data.text[case], (raw - mean) / std, atol=1e-4)  # (batched embedding: float noise)
+    np.testing.assert_allclose(scale_text(raw, spec), data.text[case], atol=1e-4)  # what inference applies
+    evaluated = _data(cohort_dir, tmp_path, modalities=("wsi", "text"), text="notes", mode="evaluate")
+    np.testing.assert_array_equal(evaluated.text[case], data.text[case])
+    assert scale_text(raw, {}) is raw  # specs without scaling (prompts, older models) leave embeddings alone
