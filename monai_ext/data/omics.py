@@ -34,6 +34,7 @@ __all__ = [
     "GENE_SUFFIXES",
     "GeneReport",
     "GeneScaler",
+    "MISSING_GENE_POLICIES",
     "align_genes",
     "gene_columns",
     "gene_symbol",
@@ -44,7 +45,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GENE_SUFFIXES = ("_rnaseq", "_cnv", "_mut")
-POLICIES = ("error", "zero", "mean")
+MISSING_GENE_POLICIES = ("error", "zero", "mean")
 _SCALER_FORMAT = "monai_ext.gene_scaler"
 _SCALER_VERSION = 1
 
@@ -135,8 +136,8 @@ def align_genes(
         ValueError: unknown policy, duplicated column or gene names, a missing gene under ``"error"``, or no
             training mean for a missing gene under ``"mean"``.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if policy not in MISSING_GENE_POLICIES:
+        raise ValueError(f"policy must be one of {MISSING_GENE_POLICIES}, got {policy!r}")
     gene_list = list(gene_list)
     for name, names in (("table columns", pd.Index(table.columns)), ("gene list", pd.Index(gene_list))):
         repeated = sorted({str(gene) for gene in names[names.duplicated()]})

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from monai_ext.data.clinical import ClinicalEncoder
-from monai_ext.data.omics import GeneScaler
+from monai_ext.data.omics import MISSING_GENE_POLICIES, GeneReport, GeneScaler
 from monai_ext.engines.bundle_data import (
     CLINICAL_ENCODER_FILE,
     GENE_SCALER_FILE,
@@ -67,9 +67,13 @@ class PatientInference:
         class_prompts: the class prompts used in training, for networks trained with ``text="prompts"``.
         text_model: local sentence-encoder folder (None: the packaged all-MiniLM-L6-v2).
         thumbnail_mpp: micrometers per pixel of the heatmap thumbnails.
+        missing_genes: what to do when the omics input lacks genes of the training gene list: ``"error"`` (refuse,
+            naming the genes), ``"mean"`` (fill with the training mean, 0 after scaling) or ``"zero"`` (fill with 0
+            on the raw scale). Columns are always matched by name, never by position; the gene report (policy,
+            genes found, missing and extra) goes into ``prediction.json`` under ``omics_genes``.
 
     Raises:
-        ValueError: an encoder or extraction setting that differs from training.
+        ValueError: an encoder or extraction setting that differs from training, or an unknown gene policy.
     """
 
     def __init__(
@@ -85,7 +89,11 @@ class PatientInference:
         class_prompts: Mapping[str, Sequence[str]] | None = None,
         text_model: str | None = None,
         thumbnail_mpp: float = 8.0,
+        missing_genes: str = "error",
     ) -> None:
+        if missing_genes not in MISSING_GENE_POLICIES:
+            raise ValueError(f"missing_genes must be one of {MISSING_GENE_POLICIES}, got {missing_genes!r}")
+        self.missing_genes = missing_genes
         self.models_dir = Path(models_dir)
         self.spec = load_spec(self.models_dir)
         self.device = torch.device(device)
@@ -146,10 +154,19 @@ class PatientInference:
         case_id = case_id or paths[0].stem
         case_dir = self.output_dir / _safe_name(case_id)
         slides = [self._slide(path, case_dir, mpp) for path in paths]
-        batch = self._batch(slides, omics, clinical, text, case_id)
+        batch, gene_report = self._batch(slides, omics, clinical, text, case_id)
         with torch.inference_mode():
             output = self.network(batch)
         prediction = self._describe(output, case_id, batch)
+        if gene_report is not None:
+            prediction["omics_genes"] = {
+                "policy": gene_report.policy,
+                "n_expected": gene_report.n_expected,
+                "n_found": gene_report.n_found,
+                "missing": gene_report.missing,
+                "n_extra_ignored": len(gene_report.extra),
+                "n_nonfinite": gene_report.n_nonfinite,
+            }
         attention = output.get("attention")
         offset = 0
         for number, slide in enumerate(slides):
@@ -204,8 +221,9 @@ class PatientInference:
         clinical: Mapping[str, Any] | None,
         text: str | Sequence[str] | None,
         case_id: str,
-    ) -> dict[str, torch.Tensor]:
-        """One-patient batch dict on the device, missing modalities masked."""
+    ) -> tuple[dict[str, torch.Tensor], GeneReport | None]:
+        """One-patient batch dict on the device, missing modalities masked, and the gene report of the omics
+        (None when no omics were given)."""
         modalities = self.spec["modalities"]
         features = np.concatenate([slide["features"] for slide in slides]).astype(np.float32)
         index = np.concatenate([np.full(len(s["features"]), k, dtype=np.int64) for k, s in enumerate(slides)])
@@ -214,18 +232,22 @@ class PatientInference:
             "wsi_mask": torch.ones(1, len(features), dtype=torch.bool),
             "wsi_slide_index": torch.from_numpy(index)[None],
         }
+        gene_report = None
         if "omics" in modalities:
-            batch["omics"], batch["omics_mask"] = self._omics(omics, case_id)
+            batch["omics"], batch["omics_mask"], gene_report = self._omics(omics, case_id)
         if "clinical" in modalities:
             batch["clinical"], batch["clinical_mask"] = self._clinical(clinical)
         if "text" in modalities:
             batch["text"], batch["text_mask"] = self._text(text)
-        return {key: value.to(self.device) for key, value in batch.items()}
+        return {key: value.to(self.device) for key, value in batch.items()}, gene_report
 
-    def _omics(self, omics: str | Path | Mapping[str, float] | None, case_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _omics(
+        self, omics: str | Path | Mapping[str, float] | None, case_id: str
+    ) -> tuple[torch.Tensor, torch.Tensor, GeneReport | None]:
+        """The scaled gene vector ``[1, G]`` in training order, its mask ``[1]`` and the gene report."""
         scaler = GeneScaler.load(self.models_dir / GENE_SCALER_FILE)
         if omics is None:
-            return torch.zeros(1, len(scaler.genes)), torch.zeros(1, dtype=torch.bool)
+            return torch.zeros(1, len(scaler.genes)), torch.zeros(1, dtype=torch.bool), None
         if isinstance(omics, Mapping):
             row = pd.DataFrame([dict(omics)])
         else:
@@ -235,8 +257,12 @@ class PatientInference:
             if len(row) != 1:
                 raise ValueError(f"{omics} has {len(row)} rows for case_id {case_id!r}; pass the patient's id")
             row = row.drop(columns="case_id")
-        values, _ = scaler.transform(row)  # a gene of training missing from the row is an error naming it
-        return torch.from_numpy(values.astype(np.float32)), torch.ones(1, dtype=torch.bool)
+        try:
+            values, report = scaler.transform(row, policy=self.missing_genes)
+        except ValueError as error:
+            source = "the omics mapping" if isinstance(omics, Mapping) else str(omics)
+            raise ValueError(f"{source}, case {case_id!r}: {error}") from error
+        return torch.from_numpy(values.astype(np.float32)), torch.ones(1, dtype=torch.bool), report
 
     def _clinical(self, clinical: Mapping[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
         encoder = ClinicalEncoder.load(self.models_dir / CLINICAL_ENCODER_FILE)

@@ -200,3 +200,51 @@ def test_metadata_describes_the_trained_inputs(bundle: Path) -> None:
     for modality in spec["modalities"]:
         if modality != "clinical":  # its width counts the categories seen in training: smaller on the tiny demo
             assert inputs[modality]["num_channels"] == spec["input_dims"][modality], modality
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", ["pathology_survival_multimodal"], indirect=True)
+def test_inference_gene_list_mismatch_policy(bundle: Path, tmp_path: Path) -> None:
+    """A genomics row without some training genes: refused by default (naming the file and the genes); with
+    ``missing_genes=mean`` the genes get their training mean, the report lands in ``prediction.json``, and the
+    prediction equals the one for a row that holds exactly those means."""
+    from monai_ext.data.omics import GeneScaler
+
+    scaler = GeneScaler.load(bundle / "models" / "gene_scaler.json")
+    omics = pd.read_csv(bundle / "demo_data" / "omics.csv")
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    case_id = parser["case_id"]
+    row = omics[omics["case_id"] == case_id]
+    dropped = scaler.genes[:3]
+    partial = tmp_path / "partial.csv"
+    row.drop(columns=dropped).iloc[:, ::-1].to_csv(partial, index=False)  # columns reversed: matched by name
+    at_mean = row.copy()
+    for gene in dropped:
+        at_mean[gene] = scaler.mean[scaler.genes.index(gene)]
+    means = tmp_path / "means.csv"
+    at_mean.to_csv(means, index=False)
+
+    def predict(policy: str, table: Path) -> dict:
+        parser["missing_genes"] = policy
+        parser["output_dir"] = str(tmp_path / policy / table.stem)
+        parser.parse(reset=True)
+        parser.get_parsed_content("initialize")  # loads the trained weights, as `monai.bundle run` does
+        predictor = parser.get_parsed_content("predictor")
+        return predictor(
+            parser.get_parsed_content("slide_paths"), case_id=case_id, omics=str(table), clinical={"age": 50, "sex": "F"}
+        )
+
+    with pytest.raises(ValueError, match="partial.csv") as refused:
+        predict("error", partial)
+    assert dropped[0] in str(refused.value)
+    filled = predict("mean", partial)
+    report = filled["omics_genes"]
+    assert report["policy"] == "mean" and report["missing"] == dropped
+    extra = [column for column in row.columns if column != "case_id" and column not in scaler.genes]  # _cnv, _mut
+    assert report["n_found"] == len(scaler.genes) - 3 and report["n_extra_ignored"] == len(extra) > 0
+    reference = predict("error", means)
+    assert reference["omics_genes"]["missing"] == []
+    assert filled["risk"] == pytest.approx(reference["risk"], rel=1e-6)
+    assert filled["modalities_used"] == reference["modalities_used"] == ["wsi", "omics", "clinical"]
