@@ -32,9 +32,9 @@ import pandas as pd
 
 __all__ = [
     "GENE_SUFFIXES",
+    "MISSING_GENE_POLICIES",
     "GeneReport",
     "GeneScaler",
-    "MISSING_GENE_POLICIES",
     "align_genes",
     "gene_columns",
     "gene_symbol",

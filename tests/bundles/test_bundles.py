@@ -232,11 +232,10 @@ def test_inference_gene_list_mismatch_policy(bundle: Path, tmp_path: Path) -> No
         parser.parse(reset=True)
         parser.get_parsed_content("initialize")  # loads the trained weights, as `monai.bundle run` does
         predictor = parser.get_parsed_content("predictor")
-        return predictor(
-            parser.get_parsed_content("slide_paths"), case_id=case_id, omics=str(table), clinical={"age": 50, "sex": "F"}
-        )
+        slides = parser.get_parsed_content("slide_paths")
+        return predictor(slides, case_id=case_id, omics=str(table), clinical={"age": 50, "sex": "F"})
 
-    with pytest.raises(ValueError, match="partial.csv") as refused:
+    with pytest.raises(ValueError, match=r"partial\.csv") as refused:
         predict("error", partial)
     assert dropped[0] in str(refused.value)
     filled = predict("mean", partial)
