@@ -214,7 +214,7 @@ def test_missing_modality_row_equals_modality_left_out(fusion: str, absent: str)
     torch.testing.assert_close(masked["attention"], left_out["attention"], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("fusion", ["concat", "coattention", "bicross"])
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
 def test_empty_bag_refused_when_wsi_required(fusion: str) -> None:
     model = make_model(fusion=fusion)
     batch = make_batch()

@@ -236,6 +236,31 @@ def test_memory_linear_in_patches(name: str) -> None:
     assert largest[1] < 2000**2 / 10
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FUSIONS))
+def test_forward_backward_from_1_to_100k_patches(name: str) -> None:
+    """A batch of a 1-patch and a 100,000-patch sample with every modality: finite outputs, zero attention on the
+    padding and finite gradients reaching the patches of both samples. Eval mode: with dropout, MCAT's final ReLU
+    can switch off every output unit of one sample (6 here), which would legitimately cut its gradient."""
+    fusion = make_fusion(name).eval()
+    tokens, masks = make_batch(batch_size=2, missing=False)
+    tokens["wsi"] = torch.randn(2, 100_000, DIM, requires_grad=True)
+    masks["wsi"] = torch.zeros(2, 100_000, dtype=torch.bool)
+    masks["wsi"][0, 0] = True
+    masks["wsi"][1] = True
+    out = fusion(tokens, masks)
+    assert torch.isfinite(out["embedding"]).all()
+    if "wsi" in out["attention"]:  # fusions that attend over the patches
+        weights = out["attention"]["wsi"]
+        assert (weights[0, 1:] == 0).all() and float(weights[0, 0]) == pytest.approx(1.0)
+        torch.testing.assert_close(weights[1].sum(), torch.tensor(1.0))
+    readout = torch.randn(out["embedding"].shape, generator=torch.Generator().manual_seed(7))
+    (out["embedding"] * readout).sum().backward()
+    grad = tokens["wsi"].grad
+    assert torch.isfinite(grad).all() and (grad[0, 1:] == 0).all()
+    assert grad[0, 0].abs().sum() > 0 and grad[1].abs().sum() > 0
+
+
 @pytest.mark.parametrize("name", sorted(FUSIONS))
 def test_ill_inputs(name: str) -> None:
     fusion = make_fusion(name)

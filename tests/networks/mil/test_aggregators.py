@@ -58,8 +58,14 @@ def ragged(sizes: list[int], n_max: int | None = None, seed: int = 1) -> tuple[T
 
 
 def total_loss(out: dict[str, Tensor]) -> Tensor:
-    """Sum of every float output, so each parameter that any output depends on receives a gradient."""
-    return sum(v.float().sum() for k, v in out.items() if v.is_floating_point() and k != "attention")
+    """A fixed random readout of every float output, so each parameter that any output depends on receives a
+    gradient (a plain sum would not do: it is constant over a LayerNorm output such as TransMIL's embedding)."""
+    gen = torch.Generator().manual_seed(7)
+    return sum(
+        (v.float() * torch.randn(v.shape, generator=gen)).sum()
+        for k, v in out.items()
+        if v.is_floating_point() and k != "attention"
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -88,6 +94,27 @@ def test_forward_backward(name: str) -> None:
     total_loss(out).backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad[mask].abs().sum() > 0
     assert (x.grad[~mask] == 0).all(), "no gradient may reach the padding"
+    for pname, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), f"{name}.{pname} got no gradient"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_backward_from_1_to_100k_patches(name: str) -> None:
+    """One ragged batch holding bags of 1, 100,000, 5 and 6 patches: attention sums to 1 over each bag's real
+    patches and is 0 on the padding, and gradients are finite and reach every parameter (small widths keep the
+    100k bag cheap; the 1024-d cost is what ``scripts/bench_mil.py`` measures)."""
+    model = make(name).train()
+    x, mask, _ = ragged([1, 100_000, 5, 6])
+    x.requires_grad_(True)
+    # CLAM pseudo-labels no instance of a 1-patch bag: each class also labels a larger bag
+    kwargs = {"bag_label": torch.tensor([0, 0, 1, 2])} if name.startswith("clam") else {}
+    out = model(x, mask, **kwargs)
+    torch.testing.assert_close(out["attention"].sum(dim=1), torch.ones(4))
+    assert (out["attention"][~mask] == 0).all() and out["attention"][0, 0] == 1
+    total_loss(out).backward()
+    assert torch.isfinite(x.grad).all() and (x.grad[~mask] == 0).all()
+    assert all(x.grad[b][mask[b]].abs().sum() > 0 for b in range(4)), "every bag's patches need a gradient"
     for pname, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), f"{name}.{pname} got no gradient"
 
