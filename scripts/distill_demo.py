@@ -86,6 +86,7 @@ def main(
     device: str = "auto",
     dataset_dir: str | None = None,
     proliferation_in_slides: bool = False,
+    distillation_scenario: bool = False,
 ) -> None:
     """Run the teacher / student comparison and print the summary.
 
@@ -115,6 +116,9 @@ def main(
         dataset_dir: an existing cohort folder instead of the demo.
         proliferation_in_slides: build the demo with a weak slide copy of the omics proliferation program (denser
             tumor nuclei), the setting where a WSI-only student can learn something from the teacher's omics.
+        distillation_scenario: build the demo's distillation scenario (see :mod:`monai_ext.data.demo`): every
+            slide shows a faint DAB stain that follows the omics proliferation program under a larger random
+            hematoxylin / eosin variation, and proliferation dominates the survival risk.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     modalities = _names(teacher_modalities or DEFAULT_TEACHER[task])
@@ -144,6 +148,8 @@ def main(
     demo = None if dataset_dir else {"n_patients": n_patients, "seed": 0}
     if demo is not None and proliferation_in_slides:
         demo["proliferation_in_slides"] = True
+    if demo is not None and distillation_scenario:
+        demo["distillation_scenario"] = True
     (out_dir / "settings.json").write_text(json.dumps({**settings_dict(settings), "dataset_dir": str(root)}, indent=1))
     rows = []
     jobs = [(int(seed), fold) for seed in _names(seeds) for fold in range(n_folds)]

@@ -30,6 +30,13 @@ The data-generating story (every number below is a module constant, written into
   ``proliferation_in_slides`` the tumor of a slide shows a weak copy of the proliferation program: its nuclei lie
   ``round(13 - 2 * proliferation)`` pixels apart (9-17; 13 otherwise), a cue only on the tumor patches of the
   positive slides, for a slide-only model to learn from a teacher that sees the omics.
+- **Distillation scenario** (``distillation_scenario``; off by default, the cohort is then unchanged). Every slide,
+  negative or not, is restained by colour deconvolution: its DAB optical density (the brown of the IHC texture, a
+  Ki-67-like stain) is multiplied by ``exp(0.15 * proliferation)``, and its hematoxylin and eosin densities by
+  ``exp(N(0, 0.3))`` each, a per-slide stain variation of twice the cue's spread per SD that carries no signal. The
+  risk becomes ``0.3 * burden + 1.2 * proliferation + 0.025 * (age - 62)``, so most of it is visible on every
+  patient's tissue, but only faintly: a slide-only model must find the DAB direction among larger stain changes
+  from ~77 censored survival times, where a teacher reading the omics proliferation genes gives it a clean target.
 - **Subtype** (``label`` 0/1, balanced in pairs of patients) drives a second omics program (a shift of +-0.75 with
   N(0, 0.5) noise; 10% of patients express the other subtype's program), CNV/mutation rates, and text cues in
   the notes; the program and the notes are about equally informative and independent given the subtype. The
@@ -62,6 +69,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import tifffile
+from skimage import color as skcolor
 from tqdm import tqdm
 
 from monai_ext.data.dataset import PN_STAGES, SLIDE_STAGES
@@ -128,6 +137,10 @@ AGE_CENTER = 62.0
 WEIBULL_SHAPE, WEIBULL_SCALE_MONTHS = 1.4, 60.0
 CENSOR_MONTHS = (24.0, 150.0)
 NUCLEI_SPACING, SLIDE_PROLIFERATION_CUE, NUCLEI_SPACING_RANGE = 13, 2.0, (9, 17)  # pixels, pixels per SD, clip
+# distillation scenario: risk weights, and the stain gains of every slide (log of the factor on the optical density)
+DISTILL_BETA_BURDEN, DISTILL_BETA_PROLIFERATION = 0.3, 1.2
+DAB_PER_PROLIFERATION, STAIN_NUISANCE_SD = 0.15, 0.3
+RESTAIN_JPEG_QUALITY = 85
 # subtype and omics
 SUBTYPE_SHIFT, SUBTYPE_SPREAD, SUBTYPE_DISCORDANCE = 0.75, 0.5, 0.10
 PROGRAMS: dict[str, tuple[tuple[str, ...], int]] = {  # program -> (hallmark gene sets it draws from, genes)
@@ -160,7 +173,7 @@ _FILLERS = (
     "Fatty replacement of the hilum.",
 )
 # random streams, one per purpose
-_PATIENT, _PAIR, _GENES, _PATTERNS = 1, 2, 3, 4
+_PATIENT, _PAIR, _GENES, _PATTERNS, _STAIN = 1, 2, 3, 4, 5
 
 
 def patient_stage(slide_stages: Sequence[str]) -> str:
@@ -280,6 +293,7 @@ def make_demo_cohort(
     stage_reference: str | Path | None = None,
     report_unscanned_nodes: bool = False,
     proliferation_in_slides: bool = False,
+    distillation_scenario: bool = False,
 ) -> Path:
     """Write (or complete) the demo cohort under ``root``; idempotent and resumable.
 
@@ -306,6 +320,9 @@ def make_demo_cohort(
             ``unscanned_macro`` (patient-level columns, e.g. clinical inputs of a staging model).
         proliferation_in_slides: the tumor nuclei of positive slides are denser the higher the patient's
             proliferation program (a weak slide copy of an omics signal, e.g. for distillation experiments).
+        distillation_scenario: every slide shows a faint DAB stain that follows the proliferation program, under
+            a larger random hematoxylin / eosin variation, and proliferation dominates the survival risk (see the
+            module docstring); the cohort for testing knowledge distillation into a slide-only model.
 
     Returns:
         the path of ``manifest.csv``.
@@ -332,14 +349,22 @@ def make_demo_cohort(
         "report_unscanned_nodes": bool(report_unscanned_nodes),
         "proliferation_in_slides": bool(proliferation_in_slides),
     }
+    if distillation_scenario:  # only when on, so that cohorts written before the option still match
+        parameters["distillation_scenario"] = True
     _check_parameters(root / "cohort.json", parameters)
-    manifest, omics, programs, spacings = _simulate(
-        n_patients, seed, max_slides_per_patient, patterns, report_unscanned_nodes, proliferation_in_slides
+    manifest, omics, programs, draws = _simulate(
+        n_patients,
+        seed,
+        max_slides_per_patient,
+        patterns,
+        report_unscanned_nodes,
+        proliferation_in_slides,
+        distillation_scenario,
     )
     root.mkdir(parents=True, exist_ok=True)
     _write_text(root / "cohort.json", json.dumps(_description(parameters, manifest, omics, programs), indent=2) + "\n")
     _write_text(root / "omics.csv", omics.to_csv())
-    _write_slides(root, manifest, seed, parameters["slide_size"], spacings, progress)
+    _write_slides(root, manifest, seed, parameters["slide_size"], draws, progress)
     if extract:
         _extract(root, manifest)
     _write_text(root / "manifest.csv", manifest.to_csv(index=False))
@@ -376,16 +401,17 @@ def _simulate(
     patterns: Mapping[tuple[int, int, int, int], int],
     report_unscanned: bool = False,
     proliferation_in_slides: bool = False,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, int]]:
-    """The manifest (one row per slide), the omics table (index ``case_id``), the program description and the
-    tumor nuclei spacing of each slide (pixels)."""
+    distillation_scenario: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, dict[str, Any]]]:
+    """The manifest (one row per slide), the omics table (index ``case_id``), the program description and how to
+    draw each slide (:func:`write_demo_slide` keywords, and the stain gains of :func:`_restain`)."""
     programs = _gene_programs()
     gene_rng = _rng(seed, _GENES)
     genes = [(name, gene) for name, symbols in programs.items() for gene in symbols]
     means = gene_rng.uniform(4.0, 12.0, len(genes))
     scales = gene_rng.uniform(0.5, 1.5, len(genes))
     loadings = gene_rng.uniform(0.5, 0.9, len(genes)) * gene_rng.choice([-1.0, 1.0], len(genes))
-    rows, omics_rows, spacings = [], {}, {}
+    rows, omics_rows, draws = [], {}, {}
     for index in range(n_patients):
         rng = _rng(seed, _PATIENT, index)
         case_id = f"DEMO-{index:03d}"
@@ -405,7 +431,12 @@ def _simulate(
         factors["subtype"] = direction * SUBTYPE_SHIFT + rng.normal(0.0, SUBTYPE_SPREAD)
         factors.update({name: rng.normal() for name in programs if name.startswith("nuisance")})
         burden = (np.log1p(sum(STAGE_LOAD[stage] for stage in stages)) - BURDEN_MEAN) / BURDEN_SD
-        risk = BETA_BURDEN * burden + BETA_PROLIFERATION * factors["proliferation"] + BETA_AGE * (age - AGE_CENTER)
+        beta_burden, beta_proliferation = (
+            (DISTILL_BETA_BURDEN, DISTILL_BETA_PROLIFERATION)
+            if distillation_scenario
+            else (BETA_BURDEN, BETA_PROLIFERATION)
+        )
+        risk = beta_burden * burden + beta_proliferation * factors["proliferation"] + BETA_AGE * (age - AGE_CENTER)
         death = WEIBULL_SCALE_MONTHS * (rng.exponential() / np.exp(risk)) ** (1.0 / WEIBULL_SHAPE)
         censor = rng.uniform(*CENSOR_MONTHS)
         months, event = max(round(float(min(death, censor)), 1), 0.1), int(death <= censor)
@@ -425,7 +456,14 @@ def _simulate(
             )
         for node, stage in enumerate(stages):
             slide_id = f"{case_id}-N{node}"
-            spacings[slide_id] = spacing
+            draws[slide_id] = {"nuclei_spacing": spacing}
+            if distillation_scenario:
+                nuisance = _rng(seed, _STAIN, index, node).normal(0.0, STAIN_NUISANCE_SD, 2)
+                draws[slide_id]["stain_gains"] = (
+                    float(nuisance[0]),
+                    float(nuisance[1]),
+                    float(DAB_PER_PROLIFERATION * factors["proliferation"]),
+                )
             rows.append(
                 {
                     "case_id": case_id,
@@ -449,7 +487,7 @@ def _simulate(
     described = {
         name: {f"{gene}_rnaseq": signs[f"{gene}_rnaseq"] for gene in symbols} for name, symbols in programs.items()
     }
-    return pd.DataFrame(rows), omics, described, spacings
+    return pd.DataFrame(rows), omics, described, draws
 
 
 def _unscanned_report(stages: Sequence[str]) -> dict[str, int]:
@@ -496,6 +534,7 @@ def _description(
 ) -> dict[str, Any]:
     """The content of ``cohort.json``."""
     patients = manifest.groupby("case_id", sort=True).first()
+    scenario = bool(parameters.get("distillation_scenario"))
     cases = list(patients.index)
 
     def counts(values: pd.Series, order: Sequence[Any]) -> dict[str, int]:
@@ -542,8 +581,8 @@ def _description(
                 "risk": "beta_burden * burden + beta_proliferation * proliferation + beta_age * (age - age_center)",
                 "stage_load": STAGE_LOAD,
                 "burden": f"(log1p(sum of stage_load over the slides) - {BURDEN_MEAN}) / {BURDEN_SD}",
-                "beta_burden": BETA_BURDEN,
-                "beta_proliferation": BETA_PROLIFERATION,
+                "beta_burden": DISTILL_BETA_BURDEN if scenario else BETA_BURDEN,
+                "beta_proliferation": DISTILL_BETA_PROLIFERATION if scenario else BETA_PROLIFERATION,
                 "beta_age": BETA_AGE,
                 "age_center": AGE_CENTER,
                 "weibull_shape": WEIBULL_SHAPE,
@@ -557,6 +596,19 @@ def _description(
                 if parameters["proliferation_in_slides"]
                 else NUCLEI_SPACING,
             },
+            **(
+                {
+                    "slide_stain": {
+                        "method": "colour deconvolution (skimage hed_from_rgb); each stain's optical density of "
+                        "every pixel of every slide multiplied by exp(log_gain)",
+                        "dab_log_gain": f"{DAB_PER_PROLIFERATION} * proliferation",
+                        "hematoxylin_log_gain": f"N(0, {STAIN_NUISANCE_SD}) per slide (no signal)",
+                        "eosin_log_gain": f"N(0, {STAIN_NUISANCE_SD}) per slide (no signal)",
+                    }
+                }
+                if scenario
+                else {}
+            ),
             "omics_programs": programs,
             "omics_program_note": "column -> sign of its loading on the program's latent factor",
             "text_cues": {str(k): list(v) for k, v in TEXT_CUES.items()},
@@ -624,7 +676,12 @@ def _quiet_small_slide_warnings() -> Iterator[list[str]]:
 
 
 def _write_slides(
-    root: Path, manifest: pd.DataFrame, seed: int, size: list[int], spacings: Mapping[str, int], progress: bool
+    root: Path,
+    manifest: pd.DataFrame,
+    seed: int,
+    size: list[int],
+    draws: Mapping[str, Mapping[str, Any]],
+    progress: bool,
 ) -> None:
     """Write the missing slides (atomically) and keep ``slides/truth.json`` in step with them."""
     slides_dir = root / "slides"
@@ -643,15 +700,57 @@ def _write_slides(
                 seed=slide_seed,
                 size=(size[0], size[1]),
                 tumor=row.slide_stage,
-                nuclei_spacing=spacings[row.slide_id],
+                nuclei_spacing=draws[row.slide_id]["nuclei_spacing"],
                 mpp=SLIDE_MPP,
             )
+            if "stain_gains" in draws[row.slide_id]:
+                _restain(tmp, draws[row.slide_id]["stain_gains"])
             os.replace(tmp, path)
             known[row.slide_id] = replace(truth, path=path).as_dict(relative_to=slides_dir)
             ordered = [known[slide_id] for slide_id in manifest["slide_id"] if slide_id in known]
             _write_text(truth_path, json.dumps({"generator": __name__, "seed": seed, "slides": ordered}))
     if shrunk:
         logger.info(f"{len(shrunk)} macro tumors drawn smaller than 2 mm to fit {size[0]}x{size[1]} slides")
+
+
+def _restain(path: Path, log_gains: Sequence[float]) -> None:
+    """Rewrite every page of a demo slide with its hematoxylin, eosin and DAB optical densities scaled.
+
+    Colour deconvolution (Ruifrok and Johnston 2001, ``skimage.color.rgb2hed``) splits each pixel into the three
+    stains' optical densities; each is multiplied by ``exp(log_gain)`` and the pixel recomposed. Pages keep their
+    tiling, JPEG compression and resolution tags; a pointwise change commutes with the pyramid's area averaging up
+    to rounding, so each level is changed on its own.
+    """
+    gains = np.exp(np.asarray(log_gains, np.float64))
+    with tifffile.TiffFile(path) as slide:
+        pages = [(page.asarray(), page) for page in slide.pages]
+        args = [
+            {
+                "tile": (page.tilelength, page.tilewidth),
+                "photometric": "rgb",
+                "compression": "jpeg",
+                "compressionargs": {"level": RESTAIN_JPEG_QUALITY},
+                "subsampling": page.subsampling,
+                "resolution": page.resolution,
+                "resolutionunit": page.resolutionunit,
+                "subfiletype": page.subfiletype,
+                "metadata": None,
+            }
+            for _, page in pages
+        ]
+        images = [image for image, _ in pages]
+    # optical density OD = -log((rgb + 1) / 256) = stains @ rgb_from_hed, so scaling the stains is one 3x3 map on OD
+    transform = skcolor.hed_from_rgb @ np.diag(gains) @ skcolor.rgb_from_hed
+    restained = []
+    for image in images:
+        density = -np.log((image.astype(np.float32) + 1.0) / 256.0)
+        rgb = 256.0 * np.exp(-density @ transform.astype(np.float32)) - 1.0
+        restained.append(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+    tmp = path.with_name(f".{path.name}.restain")
+    with tifffile.TiffWriter(tmp) as writer:
+        for image, kwargs in zip(restained, args, strict=True):
+            writer.write(image, **kwargs)
+    os.replace(tmp, path)
 
 
 def _extract(root: Path, manifest: pd.DataFrame) -> None:

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 from lifelines import CoxPHFitter
 from lifelines.utils import concordance_index
+from skimage.color import hed_from_rgb
 from sklearn.metrics import roc_auc_score
 
 from monai_ext.data.cohort import Cohort
@@ -391,3 +393,58 @@ def test_proliferation_in_slides(tmp_path: Path) -> None:
     assert described["parameters"]["proliferation_in_slides"] is True
     with pytest.raises(ValueError, match="nuclei_spacing"):
         write_demo_slide(tmp_path / "x.tif", seed=0, size=(512, 512), tumor="micro", nuclei_spacing=4)
+
+
+def _stain_gains(before: Path, after: Path) -> np.ndarray | None:
+    """Log ratio of the mean hematoxylin, eosin and DAB optical densities of two versions of a slide, over the
+    tissue pixels of the first one (colour deconvolution written out here, independently of the generator); None
+    when the slide shows almost no tissue."""
+    density = [-np.log((tifffile.imread(path).reshape(-1, 3) + 1.0) / 256.0) for path in (before, after)]
+    tissue = density[0].sum(axis=1) > 0.3  # the background is ~240 grey (density sum ~0.2)
+    if tissue.sum() < 500:
+        return None
+    stains = [(values[tissue] @ hed_from_rgb).mean(axis=0) for values in density]
+    return np.log(stains[1] / stains[0])
+
+
+def test_distillation_scenario(signal_root: Path, tmp_path: Path) -> None:
+    """Every slide, negative ones included, carries a DAB stain that follows the omics proliferation program,
+    under a larger stain variation without signal; the omics, stages and notes are those of the default cohort, and
+    proliferation drives survival more."""
+    scenario = tmp_path / "scenario"
+    make_demo_cohort(
+        scenario,
+        n_patients=64,
+        seed=0,
+        slide_size=(256, 256),
+        max_slides_per_patient=2,
+        extract=False,
+        distillation_scenario=True,
+    )
+    assert (signal_root / "omics.csv").read_text() == (scenario / "omics.csv").read_text()
+    plain, cued = pd.read_csv(signal_root / "manifest.csv"), pd.read_csv(scenario / "manifest.csv")
+    same = [c for c in plain.columns if c not in ("survival_months", "event")]
+    pd.testing.assert_frame_equal(plain[same], cued[same])
+    described = json.loads((scenario / "cohort.json").read_text())
+    assert described["parameters"]["distillation_scenario"] is True
+    assert "distillation_scenario" not in json.loads((signal_root / "cohort.json").read_text())["parameters"]
+
+    omics = pd.read_csv(scenario / "omics.csv", index_col="case_id")
+    proliferation = _program_score(omics, described["models"]["omics_programs"]["proliferation"])
+    rows = []
+    for row in cued.itertuples():
+        gain = _stain_gains(signal_root / row.slide_path, scenario / row.slide_path)  # hematoxylin, eosin, DAB
+        if gain is not None and row.case_id in proliferation.index:
+            rows.append({"stage": row.slide_stage, "program": proliferation[row.case_id], "h": gain[0], "dab": gain[2]})
+    gains = pd.DataFrame(rows)
+    negative = gains[gains["stage"] == "negative"]
+    assert len(negative) >= 30
+    assert negative["program"].corr(negative["dab"]) > 0.8  # the cue is on tissue without tumor too
+    assert abs(negative["program"].corr(negative["h"])) < 0.3  # the stain variation carries no signal
+    assert gains["h"].std() > 1.4 * gains["dab"].std()  # ... and is larger than the cue (2x per SD)
+
+    def c_index(root: Path) -> float:
+        table = patients(root).loc[proliferation.index]
+        return concordance_index(table["survival_months"], -proliferation, table["event"])
+
+    assert c_index(scenario) > c_index(signal_root) + 0.05
