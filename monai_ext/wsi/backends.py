@@ -121,7 +121,10 @@ class SlideBackend(abc.ABC):
         batch_size: int,
         num_workers: int,
     ) -> Iterator[np.ndarray]:
-        """Batches ``[B, h, w, 3]`` uint8 for ``locations`` in order (last batch may be short)."""
+        """Batches ``[B, h, w, 3]`` uint8 for ``locations`` in order (last batch may be short).
+
+        A batch may be a view of the reader's own buffer: it is only valid until the next batch is requested.
+        """
         for start in range(0, len(locations), batch_size):
             chunk = locations[start : start + batch_size]
             yield np.stack([self.read_region(loc, level, size) for loc in chunk])
@@ -179,8 +182,8 @@ class CuCIMBackend(SlideBackend):
             location_list, (int(size[0]), int(size[1])), level, num_workers=num_workers, batch_size=batch_size
         )
         for batch in batches:
-            # Copy: the batch's memory belongs to cuCIM and is released when the iterator moves on.
-            array = np.array(np.asarray(batch)[..., :3], copy=True)
+            # No copy: the memory belongs to cuCIM and stays valid until the iterator moves on (see the base class).
+            array = np.asarray(batch)[..., :3]
             yield array if array.ndim == 4 else array[None]
 
     def close(self) -> None:

@@ -23,7 +23,6 @@ came back with an all-zero tile-sized block are dropped and reported in ``broken
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from monai_ext._quiet import native_output_watch
 from monai_ext.wsi.grid import PatchGrid
 from monai_ext.wsi.open import open_slide
+from monai_ext.wsi.strips import StripCutter, plan_strips
 from monai_ext.wsi.tile_check import TileChecker
 
 SAMPLE_STRIDE = 8
@@ -55,54 +55,41 @@ def broken_patch_mask(batch: np.ndarray, origins: np.ndarray, tile_size: tuple[i
         bool ``[B]``, True for a broken patch.
     """
     n, height, width = batch.shape[:3]
-    tile_w, tile_h = tile_size if tile_size[0] and tile_size[1] else (width, height)
-    # Cheap prefilter on a sparse pixel sample: a block can only be all zero if its sampled pixels are.
-    sampled_nonzero = batch[:, ::SAMPLE_STRIDE, ::SAMPLE_STRIDE].any(axis=-1)
+    if tile_size[0] and tile_size[1]:
+        tile_w, tile_h = tile_size
+    else:  # one block: the whole patch
+        tile_w, tile_h, origins = width, height, np.zeros_like(origins)
     broken = np.zeros(n, dtype=bool)
-    for index in range(n):
-        rows = _block_edges(int(origins[index, 1]), height, tile_h)
-        cols = _block_edges(int(origins[index, 0]), width, tile_w)
-        broken[index] = any(
-            _all_zero(batch[index], sampled_nonzero[index], top, bottom, left, right)
-            for top, bottom in itertools.pairwise(rows)
-            for left, right in itertools.pairwise(cols)
-        )
+    if n == 0:
+        return broken
+    # Prefilter on a sparse pixel sample: a block can only be all zero if its sampled pixels are. An integral image
+    # of the sample gives the counts of nonzero samples of every block of every patch at once.
+    step = SAMPLE_STRIDE
+    sampled = batch[:, ::step, ::step].any(axis=-1)
+    integral = np.zeros((n, sampled.shape[1] + 1, sampled.shape[2] + 1), np.int32)
+    np.cumsum(np.cumsum(sampled, axis=1, dtype=np.int32), axis=2, out=integral[:, 1:, 1:])
+    rows = _block_edges(origins[:, 1], height, tile_h)
+    cols = _block_edges(origins[:, 0], width, tile_w)
+    r, c = -(-rows // step), -(-cols // step)  # first sample index at or after each edge
+    patch = np.arange(n)[:, None, None]
+    r0, r1, c0, c1 = r[:, :-1, None], r[:, 1:, None], c[:, None, :-1], c[:, None, 1:]
+    counts = integral[patch, r1, c1] - integral[patch, r0, c1] - integral[patch, r1, c0] + integral[patch, r0, c0]
+    not_empty = (np.diff(rows)[:, :, None] > 0) & (np.diff(cols)[:, None, :] > 0)
+    for index, i, j in np.argwhere((counts == 0) & not_empty):
+        top, bottom, left, right = rows[index, i], rows[index, i + 1], cols[index, j], cols[index, j + 1]
+        broken[index] |= not batch[index, top:bottom, left:right].any()
     return broken
 
 
-def _block_edges(origin: int, length: int, tile: int) -> list[int]:
-    """Patch-local edges of the tile blocks of a patch starting at ``origin`` and ``length`` pixels long."""
-    first = (tile - origin % tile) % tile or tile
-    return [0, *range(first, length, tile), length]
-
-
-def _all_zero(patch: np.ndarray, sampled_nonzero: np.ndarray, top: int, bottom: int, left: int, right: int) -> bool:
-    """Whether ``patch[top:bottom, left:right]`` is entirely zero, checking the sparse sample first."""
-    step = SAMPLE_STRIDE
-    sample = sampled_nonzero[-(-top // step) : -(-bottom // step), -(-left // step) : -(-right // step)]
-    return not sample.any() and not patch[top:bottom, left:right].any()
-
-
-class _Regroup:
-    """Hand out a stream of region batches ``[b, R, R, 3]`` in pieces of any requested size."""
-
-    def __init__(self, chunks: Iterator[np.ndarray], size: int) -> None:
-        self._chunks = iter(chunks)
-        self._buffer = np.zeros((0, size, size, 3), np.uint8)
-
-    def take(self, count: int) -> np.ndarray:
-        """The next ``count`` regions, in order."""
-        parts = [self._buffer] if len(self._buffer) else []
-        have = len(self._buffer)
-        while have < count:
-            chunk = next(self._chunks)
-            parts.append(chunk)
-            have += len(chunk)
-        if not parts:
-            return self._buffer[:0]
-        stacked = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        self._buffer = stacked[count:]
-        return stacked[:count]
+def _block_edges(origins: np.ndarray, length: int, tile: int) -> np.ndarray:
+    """int64 ``[B, k]`` patch-local edges of the tile blocks of patches starting at ``origins`` and ``length``
+    pixels long: 0, the tile edges inside the patch, ``length`` (repeated at the end, giving empty blocks)."""
+    origins = np.asarray(origins, np.int64)
+    first = (tile - origins % tile) % tile
+    first[first == 0] = tile
+    inner = np.minimum(first[:, None] + tile * np.arange(-(-length // tile))[None, :], length)
+    ends = np.full((len(origins), 1), length, np.int64)
+    return np.concatenate([np.zeros_like(ends), inner, ends], axis=1)
 
 
 @dataclass(frozen=True)
@@ -169,24 +156,27 @@ class PatchDataset(IterableDataset):
             checker = TileChecker(self.slide_path, info.tiff_pages[grid.level]) if info.tiff_pages else None
             with checker or contextlib.nullcontext():
                 plans = [self._plan(checker, batch_id, downsample) for batch_id in batch_ids]
-                # One batched read over every planned patch, so cuCIM decodes ahead of us with its own threads.
-                locations = [tuple(c) for plan in plans for c in plan.coords[plan.good]]
+                # One batched read over every planned patch, so cuCIM decodes ahead of us with its own threads;
+                # neighbours in a row are read as one strip when that decodes fewer tiles.
+                coords = np.concatenate([plan.coords[plan.good] for plan in plans])
+                strips = plan_strips(coords, grid.read_size, downsample, info.tile_sizes[grid.level])
                 chunks = slide.read_regions(
-                    locations,
+                    [tuple(c) for c in strips.locations],
                     grid.level,
-                    (grid.read_size,) * 2,
-                    batch_size=self.batch_size,
+                    (strips.width, grid.read_size),
+                    batch_size=max(1, self.batch_size * grid.read_size // strips.width),
                     num_workers=self.num_threads,
                 )
-                pieces = _Regroup(chunks, grid.read_size)
-                suspect = 0
-                for plan in plans:
+                pieces = StripCutter(chunks, strips, grid.read_size)
+                # Patches a decoder message may concern: everything cuCIM may have decoded since the last look.
+                ends = np.cumsum([int(plan.good.sum()) for plan in plans])
+                verify_until = 0
+                for plan, end in zip(plans, ends, strict=True):
                     patches = pieces.take(int(plan.good.sum()))
-                    # Decoder output since the last look may come from this batch or one cuCIM decodes ahead.
                     if decoder_output.new_text().strip():
-                        suspect = PREFETCH_BATCHES + 1
-                    yield self._finish(plan, patches, checker, suspect > 0, info.tile_sizes[grid.level])
-                    suspect -= 1
+                        verify_until = end + (PREFETCH_BATCHES + 1) * self.batch_size
+                    verify = end - len(patches) < verify_until
+                    yield self._finish(plan, patches, checker, verify, info.tile_sizes[grid.level])
 
     def _plan(self, checker: TileChecker | None, batch_id: int, downsample: float) -> _BatchPlan:
         """Which patches of a batch to read: those not touching a structurally broken tile."""

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,8 @@ import torch
 from monai_ext.wsi.grid import make_grid
 from monai_ext.wsi.open import open_slide
 from monai_ext.wsi.reader import PatchDataset, broken_patch_mask, patch_loader
+from monai_ext.wsi.strips import plan_strips
+from monai_ext.wsi.synthetic import corrupt_tile
 from monai_ext.wsi.tissue import detect_tissue
 
 
@@ -45,6 +49,34 @@ def test_broken_patch_mask(origin, zero_box, tile, expected):
     assert result[1] == expected
 
 
+@pytest.mark.parametrize(("size", "tile"), [(224, (256, 256)), (256, (128, 64)), (100, (0, 0))])
+def test_broken_patch_mask_equals_block_by_block_reference(size, tile):
+    rng = np.random.default_rng(1)
+    batch = rng.integers(1, 255, size=(40, size, size, 3), dtype=np.uint8)
+    origins = rng.integers(0, 5000, size=(40, 2))
+    tile_w, tile_h = tile if all(tile) else (size, size)
+    for index in range(0, 40, 2):  # zero a random rectangle in every other patch
+        top, left = rng.integers(0, size, 2)
+        height, width = rng.integers(1, size + 1, 2)
+        batch[index, top : top + height, left : left + width] = 0
+    for index in range(1, 40, 4):  # and the whole top-left tile block in some others
+        x, y = origins[index] if all(tile) else (0, 0)
+        batch[index, : tile_h - y % tile_h, : tile_w - x % tile_w] = 0
+
+    def reference(patch, x, y):
+        row_edges = sorted({0, size, *(t - y for t in range(0, y + size, tile_h) if 0 < t - y < size)})
+        col_edges = sorted({0, size, *(t - x for t in range(0, x + size, tile_w) if 0 < t - x < size)})
+        return any(
+            not patch[top:bottom, left:right].any()
+            for top, bottom in itertools.pairwise(row_edges)
+            for left, right in itertools.pairwise(col_edges)
+        )
+
+    expected = [reference(batch[i], *(origins[i] if all(tile) else (0, 0))) for i in range(40)]
+    np.testing.assert_array_equal(broken_patch_mask(batch, origins, tile), expected)
+    assert 0 < sum(expected) < 20
+
+
 def _grid(path, **kwargs):
     with open_slide(path) as slide:
         return make_grid(slide.info, detect_tissue(slide), min_tissue_fraction=0.1, **kwargs)
@@ -62,6 +94,42 @@ def test_batches_equal_single_reads(make_tiff):
         for index in (0, len(grid) // 2, len(grid) - 1):
             single = slide.read_region(tuple(grid.coords[index]), 0, (256, 256))
             np.testing.assert_array_equal(images[index].permute(1, 2, 0).numpy(), single)
+
+
+@pytest.mark.parametrize(("target_mpp", "size", "level"), [(0.5, 224, 0), (2.0, 96, 1)])
+def test_unaligned_patches_read_as_strips_equal_single_reads(make_tiff, target_mpp, size, level):
+    path = make_tiff(width=4096, height=3072)
+    grid = _grid(path, target_mpp=target_mpp, patch_size=size)
+    assert grid.level == level and not grid.tile_aligned and len(grid) > 10
+    with open_slide(path) as slide:
+        downsample = slide.info.level_downsamples[level]
+        assert plan_strips(grid.coords, size, downsample, slide.info.tile_sizes[level]).width > size
+        singles = np.stack([slide.read_region(tuple(c), level, (size, size)) for c in grid.coords])
+    items = list(patch_loader(PatchDataset(path, grid, batch_size=7, num_threads=2)))
+    np.testing.assert_array_equal(torch.cat([item["index"] for item in items]).numpy(), np.arange(len(grid)))
+    images = torch.cat([item["image"] for item in items]).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(images, singles)
+
+
+def test_zeroed_tile_under_a_strip_drops_exactly_the_patches_on_it(make_tiff):
+    path = make_tiff(width=4096, height=3072)
+    grid = _grid(path, target_mpp=0.5, patch_size=224)
+    with open_slide(path) as slide:
+        clean = {tuple(c): slide.read_region(tuple(c), 0, (224, 224)) for c in grid.coords.tolist()}
+    x, y = (int(v) for v in grid.coords[len(grid) // 2] + 100)
+    corrupt_tile(path, level=0, x=x, y=y)
+    tile_x, tile_y = x // 256 * 256, y // 256 * 256
+    on_tile = {
+        tuple(c)
+        for c in grid.coords.tolist()
+        if c[0] < tile_x + 256 and tile_x < c[0] + 224 and c[1] < tile_y + 256 and tile_y < c[1] + 224
+    }
+    items = list(patch_loader(PatchDataset(path, grid, batch_size=16)))
+    broken = {tuple(c) for item in items for c in item["broken_coords"].tolist()}
+    assert broken == on_tile and len(on_tile) >= 2
+    for item in items:
+        for coords, image in zip(item["coords"].tolist(), item["image"].permute(0, 2, 3, 1).numpy(), strict=True):
+            np.testing.assert_array_equal(image, clean[tuple(coords)])
 
 
 def test_resized_patches_when_target_is_coarser(make_tiff):
