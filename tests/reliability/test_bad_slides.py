@@ -152,12 +152,35 @@ def test_missing_mpp_is_an_error_unless_the_manifest_gives_it(make_tiff):
         assert slide.info.mpp_source == "manifest"
 
 
-@pytest.mark.parametrize("mpp", [0.05, 3.0])
+@pytest.mark.parametrize("mpp", [0.05, 0.099, 2.01, 3.0])
 def test_implausible_mpp(make_tiff, mpp):
     path = make_tiff(mpp=mpp)
     with pytest.raises(ImplausibleMPPError) as err:
         open_slide(path)
     assert_names_file(err.value, path)
+
+
+@pytest.mark.parametrize("mpp", [0.1, 2.0])
+def test_mpp_range_bounds_are_plausible(make_tiff, mpp):
+    with open_slide(make_tiff(mpp=mpp)) as slide:
+        assert slide.info.mpp == pytest.approx(mpp)
+
+
+def test_implausible_manifest_mpp_names_the_file(make_tiff):
+    path = make_tiff(mpp=None)
+    with pytest.raises(ImplausibleMPPError) as err:
+        open_slide(path, mpp=5.0)
+    assert_names_file(err.value, path)
+    assert "manifest" in str(err.value)
+
+
+def test_cucim_spacing_1_with_empty_unit_is_missing_not_1(make_tiff):
+    path = make_tiff(mpp=None)
+    image = backends.CuImage(str(path))
+    assert list(image.spacing()[:2]) == [1.0, 1.0] and list(image.spacing_units()[:2]) == ["", ""]
+    assert backends.CuCIMBackend(path).declared_mpp() is None
+    with pytest.raises(MissingMPPError):
+        open_slide(path)
 
 
 def test_pixel_budget_rejects_decompression_bomb_before_decoding(tmp_path, make_tiff):
@@ -295,6 +318,10 @@ def test_broken_tile_patch_absent_and_counted(make_tiff, tmp_path):
     assert victim not in {tuple(c) for c in loaded.coords.tolist()}
     assert loaded.attrs["n_broken"] == 1
     assert (loaded.features[:, :3] > 0).all(), "no black patch may reach the encoder"
+    write_status_table(tmp_path / "out", [SlideJob(path, "slide")])
+    status = pd.read_csv(tmp_path / "out" / "status.csv")
+    assert status.loc[0, "status"] == "done" and status.loc[0, "n_broken"] == 1
+    assert status.loc[0, "n_patches"] == len(grid) - 1
 
 
 def test_too_many_broken_tiles_fail_the_slide(make_tiff, tmp_path):
