@@ -41,6 +41,7 @@ from monai_ext.wsi.backends import CuImage, openslide
 from monai_ext.wsi.grid import PatchGrid, make_grid
 from monai_ext.wsi.open import open_slide
 from monai_ext.wsi.reader import PatchDataset, patch_loader
+from monai_ext.wsi.strips import plan_strips
 from monai_ext.wsi.synthetic import write_benchmark_slide, write_demo_slide
 from monai_ext.wsi.tissue import detect_tissue
 
@@ -265,6 +266,8 @@ def main(
         write_benchmark_slide(slide_path, size=size, seed=seed)
         print(f"wrote {slide_path} ({slide_path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - start:.0f} s")
     location_sets = _locations(slide_path, n_patches, seed)
+    with open_slide(slide_path) as slide:
+        tile_size = slide.info.tile_sizes[0]
 
     print(f"\n## Patches/s on a {size} x {size} JPEG-tiled slide ({cores} cores, {n_patches} patches per cell)\n")
     header = (
@@ -279,7 +282,10 @@ def main(
         "ours/OpenSlide",
     )
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    run_lengths = {}
     for name, (coords, patch) in location_sets.items():
+        strips = plan_strips(coords, patch, 1.0, tile_size)
+        run_lengths[name] = strips.width // patch
         locations = out_dir / f"locations_{patch}_{name.split()[0]}.npy"
         np.save(locations, coords)
         limit = _decode_limit(slide_path, coords, patch, cores)
@@ -298,6 +304,10 @@ def main(
         ]
         print("| " + " | ".join(cells) + " |")
 
+    print(
+        "\nours reads up to this many neighbouring patches of a row as one strip: "
+        + ", ".join(f"{name} {length}" for name, length in run_lengths.items())
+    )
     monai = _monai_tifffile(slide_path, location_sets["random 224"][0], monai_timeout)
     print(
         f"\nMONAI WSIReader(backend='tifffile'): one 224 px patch took {monai['seconds']:.1f} s, peak RSS "
