@@ -51,35 +51,10 @@ from monai_ext.engines.distill import (
 from monai_ext.engines.task_loss import TaskLoss
 from monai_ext.losses.lowrank import LowRankLoss
 from monai_ext.networks.modaltune import build_modaltune
+from monai_ext.networks.modaltune_task import ModalTuneTask
 from monai_ext.networks.multimodal import MultimodalModel
 
-__all__ = ["EXTRA_METHODS", "ModalTuneTask", "WsiOnly", "distill_settings"]
-
-
-class ModalTuneTask(nn.Module):
-    """A single-task view of a :class:`~monai_ext.networks.modaltune.ModalTuneModel` for the comparison: the flat
-    outputs of its one task (classification ``logits``/``probs`` ``[B, K]``; survival ``logits``/``hazards``/
-    ``survival`` ``[B, T]`` and ``risk [B]``) plus ``embedding [B, E]``, as the harness's training and evaluation
-    expect.
-
-    Args:
-        model: the ModalTune model (no cohort is given: every sample goes to the shared heads).
-        task: the name of its task.
-        modalities: what it reads (``wsi`` first); ``wsi`` is required.
-    """
-
-    require_wsi = True
-
-    def __init__(self, model: nn.Module, task: str, modalities: tuple[str, ...]) -> None:
-        super().__init__()
-        self.model = model
-        self.task = task
-        self.modalities = modalities
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """``batch``: ``wsi [B, N, D]`` with ``wsi_mask [B, N]`` and the other modalities (see ModalTuneModel)."""
-        out = self.model(batch)
-        return {**out["tasks"][self.task], "embedding": out["embedding"]}
+__all__ = ["EXTRA_METHODS", "WsiOnly", "distill_settings"]
 
 
 class WsiOnly(nn.Module):

@@ -480,8 +480,24 @@ class ModalTuneModel(nn.Module):
             batch: see the class docstring.
 
         Returns:
+            what :meth:`embed` returns, plus ``tasks`` and ``shared_tasks`` (see :meth:`CohortTaskHeads.forward`).
+
+        Raises:
+            ValueError: no ``wsi``, empty bags, or malformed modality inputs.
+        """
+        out = self.embed(batch)
+        out.update(self.heads(out["embedding"], batch.get("cohort")))
+        return out
+
+    def embed(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The adapted slide encoding, before any head.
+
+        Args:
+            batch: see the class docstring.
+
+        Returns:
             ``embedding [B, E_head]`` (head input), ``slide_embedding [B, E]`` (the adapted encoder's class token),
-            ``patch_tokens [B, N, E]``, ``tasks`` and ``shared_tasks`` (see :meth:`CohortTaskHeads.forward`).
+            ``patch_tokens [B, N, E]``.
 
         Raises:
             ValueError: no ``wsi``, empty bags, or malformed modality inputs.
@@ -506,13 +522,7 @@ class ModalTuneModel(nn.Module):
                 present = modal[1].any(dim=1, keepdim=True)
                 missing = torch.where(present, masked_mean(modal[0], modal[1]), missing)
             embedding = torch.cat([embedding, missing], dim=1)
-        out: dict[str, Any] = {
-            "embedding": embedding,
-            "slide_embedding": slide["embedding"],
-            "patch_tokens": slide["tokens"],
-        }
-        out.update(self.heads(embedding, batch.get("cohort")))
-        return out
+        return {"embedding": embedding, "slide_embedding": slide["embedding"], "patch_tokens": slide["tokens"]}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters that require gradients (adapters, tokenizers and heads when the encoder is frozen)."""

@@ -43,6 +43,7 @@ from monai_ext.engines.config_trust import check_config_targets
 from monai_ext.engines.export import example_batch
 from monai_ext.networks.fusion import BiCrossFusion, CoAttentionFusion, KroneckerFusion, PathwayCrossFusion
 from monai_ext.networks.hierarchical import SLIDE_STAGES
+from monai_ext.networks.modaltune_task import ModalTuneTask
 from monai_ext.networks.multimodal import MultimodalModel
 from monai_ext.networks.omics import SNN, GeneFamilyEncoder, PathwayTokenEncoder
 from tests.bundles.conftest import BUNDLES, REPO, TINY, copy_bundle, run_bundle
@@ -74,6 +75,18 @@ SPECS: dict[str, dict[str, Any]] = {
     },
 }
 N_PROMPTS = 2  # prompts per slide stage in the staging bundle's class_prompts
+
+
+def _is_modaltune(network: torch.nn.Module) -> bool:
+    inner = network.network
+    return isinstance(inner, ModalTuneTask) and len(inner.model.adapters) == len(inner.model.encoder.blocks) == 2
+
+
+def _method_parameters(network: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters that make the method: ModalTune's adapters, else the fusion."""
+    if isinstance(network.network, ModalTuneTask):
+        return list(network.network.model.adapters.parameters())
+    return list(_slide_model(network).fusion.parameters())
 
 
 def _slide_model(network: torch.nn.Module) -> MultimodalModel:
@@ -126,6 +139,8 @@ CASES: list[tuple[str, str, Callable[[torch.nn.Module], bool]]] = [
     ("modality_dropout", SURVIVAL, _has_modality_dropout),
     ("modality_dropout", SUBTYPING, _has_modality_dropout),
     ("modality_dropout_staging", STAGING, _has_modality_dropout),
+    ("modaltune", SURVIVAL, _is_modaltune),
+    ("modaltune", SUBTYPING, _is_modaltune),
 ]
 IDS = [f"{method}-{bundle.split('_')[1]}" for method, bundle, _ in CASES]
 # what a fragment changes in training besides the network
@@ -193,7 +208,7 @@ def test_fragment_builds_the_method_and_trains(method, bundle, is_method, tmp_pa
     loss = merged.get_parsed_content("loss")(network(batch), targets)
     loss.backward()
     assert torch.isfinite(loss)
-    grads = [p.grad for p in _slide_model(network).fusion.parameters() if p.grad is not None]
+    grads = [p.grad for p in _method_parameters(network) if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert any(bool(g.abs().sum() > 0) for g in grads)
 
@@ -317,6 +332,7 @@ def test_hmf_training_data_carry_slide_labels_to_the_network(tmp_path):
         ("modality_dropout_staging", SUBTYPING, KeyError, "slide_model"),
         ("mcat", STAGING, RuntimeError, "SlideToPatientModel.*fusion"),  # the staging network has no omics
         ("modality_dropout", STAGING, RuntimeError, "SlideToPatientModel.*modality_dropout"),  # one level deeper
+        ("modaltune", STAGING, RuntimeError, "build_modaltune_task"),  # staging: ValueError, see test_modaltune_task
     ],
 )
 def test_ill_arg(method, bundle, error, match, tmp_path):
@@ -354,3 +370,25 @@ def test_staging_bundle_trains_evaluates_and_infers_with_hmf(tmp_path):
     prediction = json.loads((root / "eval" / "inference" / parser["case_id"] / "prediction.json").read_text())
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert np.isfinite(list(prediction["probabilities"].values())).all()
+
+
+@pytest.mark.slow
+def test_survival_bundle_trains_evaluates_and_infers_with_modaltune(tmp_path):
+    root = copy_bundle(SURVIVAL, tmp_path / SURVIVAL)
+    shutil.copy(METHODS / "modaltune.json", root / "configs" / "modaltune.json")
+    run_bundle("run", "training", ["train.json", "modaltune.json"], root, *TINY[SURVIVAL])
+    run_bundle("run", "evaluating", ["train.json", "evaluate.json", "modaltune.json"], root)
+    run_bundle("run", "inference", ["inference.json", "modaltune.json"], root)
+
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert any(key.startswith("model.adapters.1.") for key in state)  # the adapters were trained and saved
+    assert {"model.tokenizers.omics.type_embedding", "model.tokenizers.clinical.type_embedding"} <= set(state)
+    spec = load_spec(root / "models")
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    table = pd.read_csv(root / "eval" / "predictions.csv")
+    assert sorted(table["case_id"]) == sorted(spec["split"]["test"])
+    assert 0.0 <= metrics["c_index"] <= 1.0
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / "inference.json")])
+    prediction = json.loads((root / "eval" / "inference" / parser["case_id"] / "prediction.json").read_text())
+    assert np.isfinite(prediction["risk"])

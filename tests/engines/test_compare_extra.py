@@ -26,7 +26,6 @@ from torch.utils.data import Dataset
 from monai_ext.engines import compare_methods_extra as extra
 from monai_ext.engines.compare import DEMO_TASKS, METHODS, FoldContext, register_method, run_comparison
 from monai_ext.engines.distill import DistillSettings, build_student
-from monai_ext.networks.modaltune import build_modaltune
 from tests.engines.test_compare import FAST, HashEmbedder
 from tests.engines.test_missing_modality import write_cohort
 
@@ -111,18 +110,3 @@ def test_wsi_only_strips_other_modalities() -> None:
     direct = student({"wsi": batch["wsi"], "wsi_mask": batch["wsi_mask"]})
     assert seen == [{"wsi", "wsi_mask"}] * 2
     torch.testing.assert_close(wrapped["logits"], direct["logits"])
-
-
-@pytest.mark.parametrize(
-    ("kind", "keys"), [("survival", {"logits", "hazards", "survival", "risk"}), ("classification", {"logits", "probs"})]
-)
-def test_modaltune_task_gives_the_task_outputs(kind: str, keys: set[str]) -> None:
-    torch.manual_seed(0)
-    model = build_modaltune(wsi_dim=5, tasks={"t": (kind, 3)}, modalities={"omics": 4}, dim=8, freeze_encoder=False)
-    batch = {"wsi": torch.randn(2, 6, 5), "wsi_mask": torch.ones(2, 6, dtype=torch.bool), "omics": torch.randn(2, 4)}
-    out = extra.ModalTuneTask(model, "t", ("wsi", "omics")).eval()(batch)
-    reference = model.eval()(batch)
-    assert set(out) == keys | {"embedding"}
-    for key in keys:
-        torch.testing.assert_close(out[key], reference["tasks"]["t"][key])
-    torch.testing.assert_close(out["embedding"], reference["embedding"])
