@@ -33,6 +33,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from lifelines.utils import concordance_index as lifelines_concordance
 from monai.bundle import ConfigParser
 from torch.utils.data import Dataset
 
@@ -340,32 +341,37 @@ def test_ill_arg(method, bundle, error, match, tmp_path):
         _parser(bundle, "train", method, tmp_path).get_parsed_content("network_def")
 
 
+def _train_evaluate_infer(bundle: str, method: str, tmp_path: Path) -> tuple[Path, ConfigParser, dict, pd.DataFrame]:
+    """Run a bundle's training (tiny demo), evaluation and inference with a method fragment. Returns the bundle
+    root, the merged inference config, the evaluation metrics and predictions (checked to be the test split)."""
+    root = copy_bundle(bundle, tmp_path / bundle)
+    fragment = f"{method}.json"
+    shutil.copy(METHODS / fragment, root / "configs" / fragment)
+    run_bundle("run", "training", ["train.json", fragment], root, *TINY[bundle])
+    run_bundle("run", "evaluating", ["train.json", "evaluate.json", fragment], root)
+    run_bundle("run", "inference", ["inference.json", fragment], root)
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / "inference.json"), str(root / "configs" / fragment)])
+    parser["bundle_root"] = str(root)
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    table = pd.read_csv(root / "eval" / "predictions.csv")
+    assert sorted(table["case_id"]) == sorted(load_spec(root / "models")["split"]["test"])
+    return root, parser, metrics, table
+
+
 @pytest.mark.slow
 def test_staging_bundle_trains_evaluates_and_infers_with_hmf(tmp_path):
-    root = copy_bundle(STAGING, tmp_path / STAGING)
-    shutil.copy(METHODS / "hmf.json", root / "configs" / "hmf.json")
-    run_bundle("run", "training", ["train.json", "hmf.json"], root, *TINY[STAGING])
-    run_bundle("run", "evaluating", ["train.json", "evaluate.json", "hmf.json"], root)
-    run_bundle("run", "inference", ["inference.json", "hmf.json"], root)
-
+    root, parser, metrics, table = _train_evaluate_infer(STAGING, "hmf", tmp_path)
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert "slide_model.fusion.align_slide.weight" in state  # bi-cross fusion with class prompts was trained
     # the slide-text projections get a gradient only through the alignment term, which needs the slide labels:
     # AdamW keeps state for exactly the parameters that received gradients
-    parser = ConfigParser()
-    parser.read_config([str(root / "configs" / "inference.json"), str(root / "configs" / "hmf.json")])
-    parser["bundle_root"] = str(root)
     names = [name for name, _ in parser.get_parsed_content("network_def").named_parameters()]
     resume = torch.load(next((root / "models").glob("resume_checkpoint_epoch=*.pt")), weights_only=True)
     optimized = {names[index] for index in resume["optimizer"]["state"]}
     assert {"network.slide_model.fusion.align_slide.weight", "network.slide_model.fusion.align_text.weight"} <= (
         optimized
     )
-
-    spec = load_spec(root / "models")
-    metrics = json.loads((root / "eval" / "metrics.json").read_text())
-    table = pd.read_csv(root / "eval" / "predictions.csv")
-    assert sorted(table["case_id"]) == sorted(spec["split"]["test"])
     assert metrics["accuracy"] == pytest.approx(float((table["pred"] == table["label"]).mean()))
     prediction = json.loads((root / "eval" / "inference" / parser["case_id"] / "prediction.json").read_text())
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -374,21 +380,14 @@ def test_staging_bundle_trains_evaluates_and_infers_with_hmf(tmp_path):
 
 @pytest.mark.slow
 def test_survival_bundle_trains_evaluates_and_infers_with_modaltune(tmp_path):
-    root = copy_bundle(SURVIVAL, tmp_path / SURVIVAL)
-    shutil.copy(METHODS / "modaltune.json", root / "configs" / "modaltune.json")
-    run_bundle("run", "training", ["train.json", "modaltune.json"], root, *TINY[SURVIVAL])
-    run_bundle("run", "evaluating", ["train.json", "evaluate.json", "modaltune.json"], root)
-    run_bundle("run", "inference", ["inference.json", "modaltune.json"], root)
-
+    root, parser, metrics, table = _train_evaluate_infer(SURVIVAL, "modaltune", tmp_path)
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert any(key.startswith("model.adapters.1.") for key in state)  # the adapters were trained and saved
     assert {"model.tokenizers.omics.type_embedding", "model.tokenizers.clinical.type_embedding"} <= set(state)
-    spec = load_spec(root / "models")
-    metrics = json.loads((root / "eval" / "metrics.json").read_text())
-    table = pd.read_csv(root / "eval" / "predictions.csv")
-    assert sorted(table["case_id"]) == sorted(spec["split"]["test"])
-    assert 0.0 <= metrics["c_index"] <= 1.0
-    parser = ConfigParser()
-    parser.read_config([str(root / "configs" / "inference.json")])
+    expected = lifelines_concordance(table["time"], -table["risk"], table["event"])
+    assert metrics["c_index"] == pytest.approx(expected, abs=1e-9)
     prediction = json.loads((root / "eval" / "inference" / parser["case_id"] / "prediction.json").read_text())
     assert np.isfinite(prediction["risk"])
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(state)  # strict: the inference config builds the trained ModalTune network
+    assert isinstance(network.network, ModalTuneTask)
