@@ -14,7 +14,7 @@
 Usage:
     python scripts/distill_demo.py --out runs/distill_demo [--task survival] [--n-patients 48] \
         [--seeds 0,1,2] [--n-folds 5] [--teacher-modalities wsi,omics,clinical] [--epochs 30] \
-        [--proliferation-in-slides True]
+        [--proliferation-in-slides True] [--distillation-scenario True] [--teacher-epochs 25]
 
 Builds the demo cohort under ``<out>/cohort`` when missing (or uses ``--dataset-dir``), then for every seed (which
 draws its own patient-grouped split) and fold trains the multimodal teacher, the distilled student and the plain
@@ -72,6 +72,7 @@ def main(
     n_folds: int = 5,
     teacher_modalities: str | None = None,
     epochs: int = 25,
+    teacher_epochs: int | None = None,
     patience: int = 10,
     val_fraction: float = 0.0,
     lowrank_weight: float = 0.1,
@@ -99,6 +100,7 @@ def main(
         teacher_modalities: comma-separated teacher modalities starting with wsi (default: wsi,omics,clinical for
             survival, wsi,omics,text for classification, wsi,clinical for staging).
         epochs: maximum epochs per model.
+        teacher_epochs: maximum epochs of the teacher (default: ``epochs``).
         patience: early-stopping patience.
         val_fraction: share of each training part used for early stopping; the default 0 trains for ``epochs`` and
             keeps the last weights (on a 48-patient cohort the inner validation split holds ~8 patients, whose
@@ -129,6 +131,7 @@ def main(
         text="notes" if "text" in modalities else None,
         dim=dim,
         epochs=epochs,
+        teacher_epochs=teacher_epochs,
         patience=patience,
         val_fraction=val_fraction,
         batch_size=batch_size,

@@ -32,11 +32,11 @@ The data-generating story (every number below is a module constant, written into
   positive slides, for a slide-only model to learn from a teacher that sees the omics.
 - **Distillation scenario** (``distillation_scenario``; off by default, the cohort is then unchanged). Every slide,
   negative or not, is restained by colour deconvolution: its DAB optical density (the brown of the IHC texture, a
-  Ki-67-like stain) is multiplied by ``exp(0.15 * proliferation)``, and its hematoxylin and eosin densities by
-  ``exp(N(0, 0.3))`` each, a per-slide stain variation of twice the cue's spread per SD that carries no signal. The
-  risk becomes ``0.3 * burden + 1.2 * proliferation + 0.025 * (age - 62)``, so most of it is visible on every
-  patient's tissue, but only faintly: a slide-only model must find the DAB direction among larger stain changes
-  from ~77 censored survival times, where a teacher reading the omics proliferation genes gives it a clean target.
+  Ki-67-like stain) is multiplied by ``exp(0.1 * proliferation)``, its hematoxylin and eosin densities by
+  ``exp(N(0, 0.3))`` each, a per-slide stain variation three times the cue's spread that carries no signal. The risk
+  becomes ``0.3 * burden + 1.2 * proliferation + 0.025 * (age - 62)``, so most of it shows on every patient's
+  tissue, but faintly: a slide-only model must find the DAB direction among larger stain changes from ~77 censored
+  survival times, where a teacher that reads the omics proliferation genes gives it a cleaner target.
 - **Subtype** (``label`` 0/1, balanced in pairs of patients) drives a second omics program (a shift of +-0.75 with
   N(0, 0.5) noise; 10% of patients express the other subtype's program), CNV/mutation rates, and text cues in
   the notes; the program and the notes are about equally informative and independent given the subtype. The
@@ -139,7 +139,7 @@ CENSOR_MONTHS = (24.0, 150.0)
 NUCLEI_SPACING, SLIDE_PROLIFERATION_CUE, NUCLEI_SPACING_RANGE = 13, 2.0, (9, 17)  # pixels, pixels per SD, clip
 # distillation scenario: risk weights, and the stain gains of every slide (log of the factor on the optical density)
 DISTILL_BETA_BURDEN, DISTILL_BETA_PROLIFERATION = 0.3, 1.2
-DAB_PER_PROLIFERATION, STAIN_NUISANCE_SD = 0.15, 0.3
+DAB_PER_PROLIFERATION, STAIN_NUISANCE_SD = 0.10, 0.3
 RESTAIN_JPEG_QUALITY = 85
 # subtype and omics
 SUBTYPE_SHIFT, SUBTYPE_SPREAD, SUBTYPE_DISCORDANCE = 0.75, 0.5, 0.10

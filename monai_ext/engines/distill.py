@@ -104,6 +104,9 @@ class DistillSettings:
         fusion: teacher fusion (the student has a single modality; its fusion is the same module type).
         dropout: dropout of both networks.
         epochs: maximum epochs per model.
+        teacher_epochs: maximum epochs of the teacher when it should train for another length than the students
+            (None: ``epochs``); e.g. a teacher whose omics encoder overfits a small cohort in fewer epochs than the
+            students need to converge.
         patience: early-stopping patience in epochs (validation key metric).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -138,6 +141,7 @@ class DistillSettings:
     fusion: str = "concat"
     dropout: float = 0.25
     epochs: int = 30
+    teacher_epochs: int | None = None
     patience: int = 10
     lr: float = 5e-4
     weight_decay: float = 1e-4
@@ -169,8 +173,11 @@ class DistillSettings:
             )
         if ("text" in self.teacher_modalities) != (self.text is not None):
             raise ValueError(f"modality 'text' needs text='notes' and vice versa (got text={self.text!r})")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError(f"batch_size and epochs must be >= 1, got {self.batch_size} and {self.epochs}")
+        if self.batch_size < 1 or self.epochs < 1 or (self.teacher_epochs is not None and self.teacher_epochs < 1):
+            raise ValueError(
+                f"batch_size, epochs and teacher_epochs must be >= 1, got {self.batch_size}, {self.epochs} and "
+                f"{self.teacher_epochs}"
+            )
 
     @property
     def model_task(self) -> str:
@@ -632,7 +639,7 @@ def _run(data: BundleData, settings: DistillSettings, seed: int) -> dict[str, di
         teacher_loss(teacher, loss_task, lowrank=lowrank, lowrank_weight=settings.lowrank_weight, device=device),
         data.train,
         _val_part(data, student=False),
-        **train_kwargs,
+        **{**train_kwargs, "epochs": settings.teacher_epochs or settings.epochs},
     )
     results = {"teacher": _test_metrics(teacher, data.test, task, device, fit)}
     full_train = MultimodalDataset(

@@ -441,7 +441,7 @@ def test_distillation_scenario(signal_root: Path, tmp_path: Path) -> None:
     assert len(negative) >= 30
     assert negative["program"].corr(negative["dab"]) > 0.8  # the cue is on tissue without tumor too
     assert abs(negative["program"].corr(negative["h"])) < 0.3  # the stain variation carries no signal
-    assert gains["h"].std() > 1.4 * gains["dab"].std()  # ... and is larger than the cue (2x per SD)
+    assert gains["h"].std() > 2 * gains["dab"].std()  # ... and is larger than the cue (3x per SD)
 
     def c_index(root: Path) -> float:
         table = patients(root).loc[proliferation.index]

@@ -240,6 +240,24 @@ def test_one_fold_end_to_end(
     assert (tmp_path / "data_spec.json").is_file()  # the teacher's preprocessing, fitted on the training patients
 
 
+def test_teacher_epochs(cohort_dir: Path, tmp_path: Path) -> None:
+    """Without a validation part every model keeps its last epoch: the teacher's is ``teacher_epochs``."""
+    settings = DistillSettings(
+        teacher_modalities=("wsi", "omics"),
+        dim=8,
+        proj_dim=8,
+        epochs=3,
+        teacher_epochs=1,
+        val_fraction=0.0,
+        batch_size=4,
+        n_folds=4,
+        n_bins=2,
+    )
+    results = run_teacher_student(cohort_dir, 1, settings=settings, seed=0, work_dir=tmp_path)
+    assert results["teacher"]["best_epoch"] == 1
+    assert results["student_kd"]["best_epoch"] == results["student_plain"]["best_epoch"] == 3
+
+
 def test_ill_settings() -> None:
     with pytest.raises(ValueError, match="unknown task"):
         DistillSettings(task="segmentation")
@@ -249,4 +267,6 @@ def test_ill_settings() -> None:
         DistillSettings(teacher_modalities=("wsi",))
     with pytest.raises(ValueError, match="text='notes'"):
         DistillSettings(teacher_modalities=("wsi", "text"))
+    with pytest.raises(ValueError, match="teacher_epochs"):
+        DistillSettings(teacher_epochs=0)
     assert math.isfinite(DistillSettings().lr)
