@@ -62,10 +62,11 @@ def broken_patch_mask(batch: np.ndarray, origins: np.ndarray, tile_size: tuple[i
     broken = np.zeros(n, dtype=bool)
     if n == 0:
         return broken
-    # Prefilter on a sparse pixel sample: a block can only be all zero if its sampled pixels are. An integral image
-    # of the sample gives the counts of nonzero samples of every block of every patch at once.
+    # Prefilter on a sparse sample of one channel: a block can only be all zero if its sampled values are (a real
+    # block whose sample is zero only passes to the full check). An integral image of the sample gives the counts of
+    # nonzero samples of every block of every patch at once.
     step = SAMPLE_STRIDE
-    sampled = batch[:, ::step, ::step].any(axis=-1)
+    sampled = batch[:, ::step, ::step, min(1, batch.shape[-1] - 1)] != 0
     integral = np.zeros((n, sampled.shape[1] + 1, sampled.shape[2] + 1), np.int32)
     np.cumsum(np.cumsum(sampled, axis=1, dtype=np.int32), axis=2, out=integral[:, 1:, 1:])
     rows = _block_edges(origins[:, 1], height, tile_h)
