@@ -112,6 +112,11 @@ class PatchDataset(IterableDataset):
     ``[b]`` (positions in the grid). With ``DataLoader`` workers, batches are dealt round-robin to the workers,
     so the loader's output order is the grid order.
 
+    While an iteration is open, file descriptors 1 and 2 of the reading process go to a temporary file: cuCIM's
+    decoder reports a broken tile only by printing, at any moment, from its own threads. Without ``DataLoader``
+    workers that includes what the consumer prints between batches: it is logged at debug level when the
+    iteration ends, and, like a decoder message, makes the batches in flight be checked tile by tile.
+
     Args:
         slide_path: the slide (reopened inside each worker: reader handles are not shared across processes).
         grid: where to read.
