@@ -70,6 +70,8 @@ def plan_strips(coords: np.ndarray, size: int, downsample: float, tile_size: tup
     if not len(coords) or not exact or not all(tile_size):
         return one_by_one(coords, size)
     level_xy = coords // factor
+    if not (size % np.array(tile_size)).any() and not (level_xy % np.array(tile_size)).any():
+        return one_by_one(coords, size)  # tile-aligned: every patch already decodes only its own tiles
     best, best_tiles = one_by_one(coords, size), None
     for run_length in RUN_LENGTHS:
         plan = _runs(coords, level_xy, size, run_length)
