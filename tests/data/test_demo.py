@@ -89,8 +89,14 @@ def signal_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     At this size the Cox C-index of the documented covariates was 0.685-0.793 over 12 seeds, and 0.497-0.618 when
     the generator's risk coefficients were set to zero, so the thresholds below separate signal from chance.
     """
-    root = tmp_path_factory.mktemp("signal")
-    make_demo_cohort(root, n_patients=64, seed=0, slide_size=(256, 256), max_slides_per_patient=2, extract=False)
+    return _signal_cohort(tmp_path_factory.mktemp("signal"))
+
+
+def _signal_cohort(root: Path, **options: bool) -> Path:
+    """The signal tests' 64-patient cohort of tiny slides without features, with generator ``options``."""
+    make_demo_cohort(
+        root, n_patients=64, seed=0, slide_size=(256, 256), max_slides_per_patient=2, extract=False, **options
+    )
     return root
 
 
@@ -345,16 +351,7 @@ def test_subtype_signal(signal_root: Path) -> None:
 def test_report_of_unscanned_nodes(signal_root: Path, tmp_path: Path) -> None:
     """With the report, pN counts all five nodes: the slides' stages plus the reported unscanned ones; the slides
     themselves are those of the cohort without the report."""
-    root = tmp_path / "reported"
-    make_demo_cohort(
-        root,
-        n_patients=64,
-        seed=0,
-        slide_size=(256, 256),
-        max_slides_per_patient=2,
-        extract=False,
-        report_unscanned_nodes=True,
-    )
+    root = _signal_cohort(tmp_path / "reported", report_unscanned_nodes=True)
     table, plain = patients(root), patients(signal_root)
     pd.testing.assert_series_equal(table["stages"], plain["stages"])
     counts = table[["unscanned_itc", "unscanned_micro", "unscanned_macro"]]
@@ -411,16 +408,7 @@ def test_distillation_scenario(signal_root: Path, tmp_path: Path) -> None:
     """Every slide, negative ones included, carries a DAB stain that follows the omics proliferation program,
     under a larger stain variation without signal; the omics, stages and notes are those of the default cohort, and
     proliferation drives survival more."""
-    scenario = tmp_path / "scenario"
-    make_demo_cohort(
-        scenario,
-        n_patients=64,
-        seed=0,
-        slide_size=(256, 256),
-        max_slides_per_patient=2,
-        extract=False,
-        distillation_scenario=True,
-    )
+    scenario = _signal_cohort(tmp_path / "scenario", distillation_scenario=True)
     assert (signal_root / "omics.csv").read_text() == (scenario / "omics.csv").read_text()
     plain, cued = pd.read_csv(signal_root / "manifest.csv"), pd.read_csv(scenario / "manifest.csv")
     same = [c for c in plain.columns if c not in ("survival_months", "event")]
