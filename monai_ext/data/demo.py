@@ -718,8 +718,9 @@ def _restain(path: Path, log_gains: Sequence[float]) -> None:
 
     Colour deconvolution (Ruifrok and Johnston 2001, ``skimage.color.rgb2hed``) splits each pixel into the three
     stains' optical densities; each is multiplied by ``exp(log_gain)`` and the pixel recomposed. Pages keep their
-    tiling, JPEG compression and resolution tags; a pointwise change commutes with the pyramid's area averaging up
-    to rounding, so each level is changed on its own.
+    tiling, JPEG compression and resolution tags. Each level is changed on its own: the map is non-linear in RGB, so
+    a restained coarse level only approximately equals the area average of the restained finer one (the models
+    read level 0).
     """
     gains = np.exp(np.asarray(log_gains, np.float64))
     with tifffile.TiffFile(path) as slide:
