@@ -96,12 +96,16 @@ def test_batches_equal_single_reads(make_tiff):
             np.testing.assert_array_equal(images[index].permute(1, 2, 0).numpy(), single)
 
 
-@pytest.mark.parametrize(("target_mpp", "size", "level"), [(0.5, 224, 0), (2.0, 96, 1)])
-def test_unaligned_patches_read_as_strips_equal_single_reads(make_tiff, target_mpp, size, level):
-    path = make_tiff(width=4096, height=3072)
+@pytest.mark.parametrize(
+    ("target_mpp", "size", "level", "compression", "backend"),
+    [(0.5, 224, 0, "jpeg", "cucim"), (2.0, 96, 1, "jpeg", "cucim"), (0.5, 224, 0, "zlib", "openslide")],
+)
+def test_unaligned_patches_read_as_strips_equal_single_reads(make_tiff, target_mpp, size, level, compression, backend):
+    path = make_tiff(width=4096, height=3072, compression=compression)
     grid = _grid(path, target_mpp=target_mpp, patch_size=size)
     assert grid.level == level and not grid.tile_aligned and len(grid) > 10
     with open_slide(path) as slide:
+        assert slide.info.backend == backend
         downsample = slide.info.level_downsamples[level]
         assert plan_strips(grid.coords, size, downsample, slide.info.tile_sizes[level]).width > size
         singles = np.stack([slide.read_region(tuple(c), level, (size, size)) for c in grid.coords])
