@@ -431,11 +431,7 @@ def _simulate(
         factors["subtype"] = direction * SUBTYPE_SHIFT + rng.normal(0.0, SUBTYPE_SPREAD)
         factors.update({name: rng.normal() for name in programs if name.startswith("nuisance")})
         burden = (np.log1p(sum(STAGE_LOAD[stage] for stage in stages)) - BURDEN_MEAN) / BURDEN_SD
-        beta_burden, beta_proliferation = (
-            (DISTILL_BETA_BURDEN, DISTILL_BETA_PROLIFERATION)
-            if distillation_scenario
-            else (BETA_BURDEN, BETA_PROLIFERATION)
-        )
+        beta_burden, beta_proliferation = _risk_weights(distillation_scenario)
         risk = beta_burden * burden + beta_proliferation * factors["proliferation"] + BETA_AGE * (age - AGE_CENTER)
         death = WEIBULL_SCALE_MONTHS * (rng.exponential() / np.exp(risk)) ** (1.0 / WEIBULL_SHAPE)
         censor = rng.uniform(*CENSOR_MONTHS)
@@ -490,6 +486,13 @@ def _simulate(
     return pd.DataFrame(rows), omics, described, draws
 
 
+def _risk_weights(distillation_scenario: bool) -> tuple[float, float]:
+    """(beta_burden, beta_proliferation) of the survival risk: the distillation scenario's or the default's."""
+    if distillation_scenario:
+        return DISTILL_BETA_BURDEN, DISTILL_BETA_PROLIFERATION
+    return BETA_BURDEN, BETA_PROLIFERATION
+
+
 def _unscanned_report(stages: Sequence[str]) -> dict[str, int]:
     """The report's counts of the unscanned nodes by stage (negative nodes are the rest)."""
     return {f"unscanned_{stage}": sum(node == stage for node in stages) for stage in ("itc", "micro", "macro")}
@@ -535,6 +538,7 @@ def _description(
     """The content of ``cohort.json``."""
     patients = manifest.groupby("case_id", sort=True).first()
     scenario = bool(parameters.get("distillation_scenario"))
+    beta_burden, beta_proliferation = _risk_weights(scenario)
     cases = list(patients.index)
 
     def counts(values: pd.Series, order: Sequence[Any]) -> dict[str, int]:
@@ -581,8 +585,8 @@ def _description(
                 "risk": "beta_burden * burden + beta_proliferation * proliferation + beta_age * (age - age_center)",
                 "stage_load": STAGE_LOAD,
                 "burden": f"(log1p(sum of stage_load over the slides) - {BURDEN_MEAN}) / {BURDEN_SD}",
-                "beta_burden": DISTILL_BETA_BURDEN if scenario else BETA_BURDEN,
-                "beta_proliferation": DISTILL_BETA_PROLIFERATION if scenario else BETA_PROLIFERATION,
+                "beta_burden": beta_burden,
+                "beta_proliferation": beta_proliferation,
                 "beta_age": BETA_AGE,
                 "age_center": AGE_CENTER,
                 "weibull_shape": WEIBULL_SHAPE,

@@ -14,9 +14,9 @@
 Registered into :data:`monai_ext.engines.compare.METHODS` when :mod:`monai_ext.engines.compare` is imported; each
 entry reuses the existing builders and training loops (no copies):
 
-- ``modaltune``: :func:`~monai_ext.networks.modaltune.build_modaltune` (slide encoder + modality adapters, one
-  cohort, the shared heads of the task) trained end to end by the comparison's default training (Ramanathan et al.
-  2025, https://arxiv.org/abs/2503.17564).
+- ``modaltune``: :func:`~monai_ext.networks.modaltune_task.build_modaltune_task` (slide encoder + modality
+  adapters, one cohort, the shared head of the task, as the bundles' ``modaltune.json``) trained end to end by the
+  comparison's default training (Ramanathan et al. 2025, https://arxiv.org/abs/2503.17564).
 - ``lowrank_teacher``: :func:`~monai_ext.engines.distill.build_teacher` over the task's modalities, trained with
   the task loss plus the low-rank term (:func:`~monai_ext.engines.distill.teacher_loss`,
   :func:`~monai_ext.engines.distill.train_with_loss`; Xing et al. 2023,
@@ -50,8 +50,7 @@ from monai_ext.engines.distill import (
 )
 from monai_ext.engines.task_loss import TaskLoss
 from monai_ext.losses.lowrank import LowRankLoss
-from monai_ext.networks.modaltune import build_modaltune
-from monai_ext.networks.modaltune_task import ModalTuneTask
+from monai_ext.networks.modaltune_task import ModalTuneTask, build_modaltune_task
 from monai_ext.networks.multimodal import MultimodalModel
 
 __all__ = ["EXTRA_METHODS", "WsiOnly", "distill_settings"]
@@ -114,16 +113,15 @@ def _train_kwargs(context: FoldContext, settings: DistillSettings) -> dict[str, 
 def _modaltune(context: FoldContext) -> ModalTuneTask:
     """ModalTune for one cohort: the encoder is trained too (no pretrained slide encoder is available locally, and
     a frozen random encoder would be a random feature map)."""
-    kind = "survival" if context.spec.fit_task == "survival" else "classification"
-    model = build_modaltune(
-        wsi_dim=context.dims["wsi"],
-        tasks={context.task: (kind, context.n_outputs)},
-        modalities={name: context.dims[name] for name in context.modalities if name != "wsi"},
+    return build_modaltune_task(
+        modalities=context.modalities,
+        input_dims=context.dims,
+        task="survival" if context.spec.fit_task == "survival" else "classification",
+        n_outputs=context.n_outputs,
         dim=context.settings.dim,
         dropout=context.settings.dropout,
         freeze_encoder=False,
     )
-    return ModalTuneTask(model, context.task, context.modalities)
 
 
 def _teacher(context: FoldContext) -> MultimodalModel:

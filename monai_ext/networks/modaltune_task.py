@@ -26,11 +26,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from monai_ext.networks.modaltune import ModalTuneModel, build_modaltune
+from monai_ext.networks.modaltune import TASK_KINDS, ModalTuneModel, build_modaltune
 
 __all__ = ["ModalTuneTask", "build_modaltune_task"]
-
-BUNDLE_TASKS = {"survival": "survival", "classification": "classification"}
 
 
 class ModalTuneTask(nn.Module):
@@ -98,7 +96,7 @@ def build_modaltune_task(
         ValueError: a task other than survival or classification (e.g. the staging bundle's slide-to-patient
             task), or no ``wsi`` among the modalities.
     """
-    if task not in BUNDLE_TASKS:
+    if task not in TASK_KINDS:
         raise ValueError(
             f"ModalTune fits the survival and subtyping bundles (task survival or classification), not task {task!r}"
         )
@@ -106,7 +104,7 @@ def build_modaltune_task(
         raise ValueError(f"ModalTune needs 'wsi' among the modalities, got {list(modalities)}")
     model = build_modaltune(
         wsi_dim=int(input_dims["wsi"]),
-        tasks={task: (BUNDLE_TASKS[task], int(n_outputs))},
+        tasks={task: (task, int(n_outputs))},
         modalities={name: int(input_dims[name]) for name in modalities if name != "wsi"},
         dim=dim,
         depth=depth,

@@ -175,13 +175,13 @@ class PatchDataset(IterableDataset):
                 )
                 pieces = StripCutter(chunks, strips, grid.read_size)
                 # Patches a decoder message may concern: everything cuCIM may have decoded since the last look.
-                ends = np.cumsum([int(plan.good.sum()) for plan in plans])
-                verify_until = 0
-                for plan, end in zip(plans, ends, strict=True):
+                handed_out, verify_until = 0, 0
+                for plan in plans:
                     patches = pieces.take(int(plan.good.sum()))
                     if decoder_output.new_text().strip():
-                        verify_until = end + (PREFETCH_BATCHES + 1) * self.batch_size
-                    verify = end - len(patches) < verify_until
+                        verify_until = handed_out + len(patches) + (PREFETCH_BATCHES + 1) * self.batch_size
+                    verify = handed_out < verify_until
+                    handed_out += len(patches)
                     yield self._finish(plan, patches, checker, verify, info.tile_sizes[grid.level])
 
     def _plan(self, checker: TileChecker | None, batch_id: int, downsample: float) -> _BatchPlan:
